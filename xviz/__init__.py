@@ -1,0 +1,21 @@
+"""xviz: see how Xception sees an image. The core never imports Streamlit; use it from a notebook.
+
+>>> import xviz
+>>> m = xviz.load_model("kitchenware")
+>>> img = xviz.load_image(open("photo.jpg", "rb").read())
+>>> m.predict(img, k=3)
+"""
+
+from .activations import activations, capture
+from .errors import ImageError, LabelsError, WeightsError, WeightsUnavailableError, XvizError
+from .images import load_image
+from .loaded import LoadedModel, imagenet_labels, load_file, load_model
+from .model import Xception, XceptionConfig, count_parameters
+from .preprocess import Preprocessing, to_display
+from .weights import save_weights
+
+__all__ = [
+    "activations", "capture", "ImageError", "LabelsError", "WeightsError", "WeightsUnavailableError",
+    "XvizError", "load_image", "LoadedModel", "imagenet_labels", "load_file", "load_model", "Xception",
+    "XceptionConfig", "count_parameters", "Preprocessing", "to_display", "save_weights",
+]

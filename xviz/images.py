@@ -1,0 +1,92 @@
+"""Decoding user images: whatever a browser or a phone produces, checked before it costs memory."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageError
+
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO")  # MPO: JPEGs from phone cameras
+MAX_BYTES = 25 * 1024 * 1024  # same as the app's upload limit (.streamlit/config.toml)
+MAX_PIXELS = 40_000_000  # 40 MP: any phone photo fits; a decompression bomb doesn't
+MIN_SIDE = 1
+
+_FRIENDLY_FORMATS = "JPEG, PNG, WebP, GIF, BMP or TIFF"
+
+
+def load_image(data: bytes, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode image bytes into an upright RGB ``PIL.Image``.
+
+    Accepts JPEG (also CMYK and EXIF-rotated), PNG (also 16-bit, alpha, palette), WebP, GIF (first
+    frame), BMP and TIFF (also 16-bit and float). Transparent pixels are flattened onto white.
+    The pixel count is checked from the header before anything is decoded.
+
+    Raises:
+        ImageError: empty, too large, not an image, an unsupported format, or truncated.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ImageError(f"Expected the image as bytes, got {type(data).__name__}.")
+    if len(data) == 0:
+        raise ImageError("The file is empty. Choose a photo (JPEG or PNG) and upload it again.")
+    if len(data) > MAX_BYTES:
+        raise ImageError(f"The file is {len(data) / 2**20:.0f} MB; images up to {MAX_BYTES // 2**20} MB "
+                         "are accepted. Save a smaller copy of the photo and upload that.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(bytes(data)), formats=ACCEPTED_FORMATS)
+    except UnidentifiedImageError:
+        raise ImageError("This file is not an image xviz can read. "
+                         f"Upload a {_FRIENDLY_FORMATS} file.") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise _too_many_pixels(None, max_pixels) from None
+    except Exception as exc:  # PIL raises many kinds on malformed headers
+        raise ImageError(f"This image file is damaged and can't be opened ({exc}). "
+                         "Try another file or re-save it.") from None
+
+    width, height = img.size
+    if width < MIN_SIDE or height < MIN_SIDE:
+        raise ImageError("This image has no pixels. Upload a real photo.")
+    if width * height > max_pixels:
+        raise _too_many_pixels((width, height), max_pixels)
+
+    try:
+        if getattr(img, "is_animated", False):
+            img.seek(0)  # first frame of an animated GIF/WebP
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        return _to_rgb(img)
+    except ImageError:
+        raise
+    except Exception as exc:
+        raise ImageError(f"This image is incomplete or damaged ({exc}). "
+                         "Upload it again, or try another file.") from None
+
+
+def _too_many_pixels(size: tuple[int, int] | None, max_pixels: int) -> ImageError:
+    shown = f" ({size[0]}x{size[1]})" if size else ""
+    return ImageError(f"This image is too large{shown}: at most {max_pixels / 1e6:.0f} megapixels are "
+                      "accepted. Resize it and upload it again.")
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB, scaling high bit depths instead of clipping them."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if arr.max(initial=0) > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    elif img.mode == "F":
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float64))
+        top = 1.0 if arr.max(initial=0) <= 1.0 else arr.max()
+        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa"):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(canvas, rgba)
+    return img.convert("RGB")

