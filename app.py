@@ -1,0 +1,22 @@
+"""xviz — see how Xception sees an image.  Run: streamlit run app.py
+
+The entrypoint is a frame: page config, the page list, the shared sidebar, then the chosen page.
+The sidebar is built after st.navigation and before page.run(), so its widgets (image, model)
+keep their state across page switches.
+"""
+
+import streamlit as st
+
+from xviz import ui
+
+st.set_page_config(page_title="xviz — how Xception sees", page_icon=":material/visibility:", layout="wide")
+
+PAGES = {
+    "Look": [
+        st.Page("pages/predict.py", title="Predict", icon=":material/label:", default=True),
+    ],
+}
+
+page = st.navigation(PAGES)
+ui.sidebar()
+page.run()
