@@ -1,0 +1,58 @@
+"""Run every benchmark and print one table (or JSON lines with --json).
+
+    python bench/run.py            # table
+    python bench/run.py --json     # {"name", "value", "unit", "budget", "holds"} per line
+    python bench/run.py forward    # only the modules whose name contains 'forward'
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.common import machine  # noqa: E402
+
+# every module here exposes rows() -> list of bench.common.row dicts
+MODULES = ["bench.bench_forward"]
+
+
+def print_table(rows: list[dict]) -> None:
+    width = max([len(r["name"]) for r in rows] + [10])
+    print(f"{'benchmark':<{width}}  {'value':>12}  {'unit':<5} {'budget':>10}  holds")
+    for r in rows:
+        budget = "" if r["budget"] is None else f"{r['budget']:g}"
+        holds = "" if r["holds"] is None else ("yes" if r["holds"] else "NO")
+        value = f"{r['value']:.4g}" if isinstance(r["value"], float) else str(r["value"])
+        print(f"{r['name']:<{width}}  {value:>12}  {r['unit']:<5} {budget:>10}  {holds}"
+              + (f"  ({r['note']})" if r.get("note") else ""))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("only", nargs="*", help="run only modules whose name contains one of these")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    args = parser.parse_args(argv)
+    selected = [m for m in MODULES if not args.only or any(o in m for o in args.only)]
+    all_rows = []
+    if not args.json:
+        print(f"machine: {machine()}")
+    for name in selected:
+        rows = importlib.import_module(name).rows()
+        all_rows += rows
+        if args.json:
+            for r in rows:
+                print(json.dumps({k: r[k] for k in ("name", "value", "unit", "budget", "holds")}), flush=True)
+    if not args.json:
+        print_table(all_rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
