@@ -11,7 +11,6 @@ import importlib.util
 import json
 import os
 import re
-import shutil
 import tempfile
 import urllib.error
 import urllib.request
@@ -123,7 +122,8 @@ def fetch(spec: WeightsSpec, progress: ProgressFn | None = None, timeout: float 
                 raise WeightsUnavailableError(
                     f"Could not download the {spec.name} weights from {spec.url} ({reason}). "
                     f"This machine seems to be offline. On a connected machine run "
-                    f"`python -m xviz fetch {spec.name}` and copy {target.name} into {target.parent}, "
+                    f"`python -m xviz fetch {spec.name}`, copy {target.name} here and install it with "
+                    f"`python -m xviz fetch {spec.name} --from {target.name}` (or put it in {target.parent}); "
                     f"or load a weights file you have with xviz.load_model('path/to/file').") from None
         if done != spec.num_bytes:
             raise WeightsUnavailableError(
@@ -369,11 +369,3 @@ def save_weights(net: Xception, path: str | Path) -> None:
     from safetensors.torch import save_file
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     save_file(state, str(path), metadata={"xviz_config": config_to_json(net.config)})
-
-
-def copy_to_cache(src: Path, spec: WeightsSpec) -> Path:
-    """Install a file fetched elsewhere into the hub cache (used by ``python -m xviz fetch --from``)."""
-    target = hub_checkpoint_dir() / spec.file_name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, target)
-    return target
