@@ -10,7 +10,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError
 
-ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "MPO")  # MPO: JPEGs from phone cameras
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # JPEG also opens phones' multi-picture (MPO) files
 MAX_BYTES = 25 * 1024 * 1024  # same as the app's upload limit (.streamlit/config.toml)
 MAX_PIXELS = 40_000_000  # 40 MP: any phone photo fits; a decompression bomb doesn't
 MIN_SIDE = 1
