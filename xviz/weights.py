@@ -14,7 +14,7 @@ import re
 import tempfile
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -183,6 +183,7 @@ class Checkpoint:
     config: XceptionConfig
     layout: str  # "xviz", "timm", "keras2", "keras3"
     input_size: int | None = None  # when the file says it
+    file_keys: dict[str, str] = field(default_factory=dict)  # our key -> the file's own key, where renamed
 
 
 def read_checkpoint(path: str | Path) -> Checkpoint:
@@ -291,46 +292,64 @@ def timm_to_xviz(raw: dict[str, torch.Tensor]) -> Checkpoint:
     """Rename a timm/Cadene Xception state dict to xviz's layout (also old 2-D pointwise files)."""
     net = Xception(XceptionConfig(num_classes=0))
     out: dict[str, torch.Tensor] = {}
-    rep_items: dict[int, dict[int, list[tuple[str, torch.Tensor]]]] = {}
+    rep_items: dict[int, dict[int, list[tuple[str, str, torch.Tensor]]]] = {}  # block -> rep index -> (rest, key, value)
+    file_keys: dict[str, str] = {}
+
+    def put(ours: str, key: str, value: torch.Tensor):
+        out[ours] = value
+        file_keys[ours] = key
+
+    def path_of(keras_name: str, key: str) -> str:
+        try:
+            return net.module_path(keras_name)
+        except KeyError:
+            raise WeightsError(f"Unexpected key {key!r} in a timm-layout Xception state dict: it would "
+                               f"belong to {keras_name}, which Xception doesn't have.") from None
+
     for key, value in raw.items():
         parts = key.split(".")
-        if parts[0] in _TIMM_FIXED:
-            target = _TIMM_FIXED[parts[0]]
-            rest = ".".join(parts[1:])
-            rest = {"conv1.weight": "depthwise.weight"}.get(rest, rest)
-            out[f"{target}.{rest}"] = value
-        elif parts[0] == "fc":
-            out[f"head.predictions.linear.{parts[1]}"] = value
-        elif parts[0].startswith("block") and parts[1] in ("skip", "skipbn"):
-            block = int(parts[0][5:]) + 1  # timm block k is Keras block k+1
-            name = "residual" if parts[1] == "skip" else "residual_bn"
-            out[f"{net.module_path(f'block{block}_{name}')}.{parts[2]}"] = value
-        elif parts[0].startswith("block") and parts[1] == "rep":
-            rep_items.setdefault(int(parts[0][5:]), {}).setdefault(int(parts[2]), []).append(
-                (".".join(parts[3:]), value))
-        else:
-            raise WeightsError(f"Unexpected key {key!r} in a timm-layout Xception state dict.")
+        try:
+            if parts[0] in _TIMM_FIXED:
+                target = _TIMM_FIXED[parts[0]]
+                rest = ".".join(parts[1:])
+                rest = {"conv1.weight": "depthwise.weight"}.get(rest, rest)
+                put(f"{target}.{rest}", key, value)
+            elif parts[0] == "fc":
+                put(f"head.predictions.linear.{'.'.join(parts[1:])}", key, value)
+            elif parts[0].startswith("block") and parts[1] in ("skip", "skipbn"):
+                block = int(parts[0][5:]) + 1  # timm block k is Keras block k+1
+                name = "residual" if parts[1] == "skip" else "residual_bn"
+                put(f"{path_of(f'block{block}_{name}', key)}.{'.'.join(parts[2:])}", key, value)
+            elif parts[0].startswith("block") and parts[1] == "rep":
+                rep_items.setdefault(int(parts[0][5:]), {}).setdefault(int(parts[2]), []).append(
+                    (".".join(parts[3:]), key, value))
+            else:
+                raise IndexError
+        except WeightsError:
+            raise
+        except (IndexError, ValueError):
+            raise WeightsError(f"Unexpected key {key!r} in a timm-layout Xception state dict.") from None
     # inside a block, the i-th SeparableConv2d and the i-th BN (by rep index) are sepconv{i}(_bn)
     for timm_block, items in rep_items.items():
         block = timm_block + 1
         sep_k = bn_k = 0
         for _, entries in sorted(items.items()):
-            keys = {k for k, _ in entries}
-            if "pointwise.weight" in keys:
+            keys = {k for k, _, _ in entries}
+            if keys & {"conv1.weight", "pointwise.weight"}:  # either half marks a SeparableConv2d
                 sep_k += 1
-                base = net.module_path(f"block{block}_sepconv{sep_k}")
-                for k, v in entries:
-                    out[f"{base}.{ {'conv1.weight': 'depthwise.weight'}.get(k, k) }"] = v
+                base = path_of(f"block{block}_sepconv{sep_k}", entries[0][1])
+                for k, key, v in entries:
+                    put(f"{base}.{ {'conv1.weight': 'depthwise.weight'}.get(k, k) }", key, v)
             else:
                 bn_k += 1
-                base = net.module_path(f"block{block}_sepconv{bn_k}_bn")
-                for k, v in entries:
-                    out[f"{base}.{k}"] = v
+                base = path_of(f"block{block}_sepconv{bn_k}_bn", entries[0][1])
+                for k, key, v in entries:
+                    put(f"{base}.{k}", key, v)
     for key, value in list(out.items()):
         if key.endswith("pointwise.weight") and value.dim() == 2:  # old Cadene files: (Cout, Cin)
             out[key] = value[:, :, None, None]  # (Cout, Cin) -> (Cout, Cin, 1, 1)
     num_classes = out["head.predictions.linear.weight"].shape[0] if "head.predictions.linear.weight" in out else 0
-    return Checkpoint(out, XceptionConfig(num_classes=num_classes), "timm")
+    return Checkpoint(out, XceptionConfig(num_classes=num_classes), "timm", file_keys=file_keys)
 
 
 def build(checkpoint: Checkpoint) -> Xception:
@@ -342,9 +361,11 @@ def build(checkpoint: Checkpoint) -> Xception:
     net = Xception(checkpoint.config)
     expected = net.state_dict()
     given = {k: v for k, v in checkpoint.state_dict.items() if not k.endswith("num_batches_tracked")}
+    # a renamed layout (timm) names keys as the file does, so the user can find them
+    shown = {k: f"{v} (= {k})" for k, v in checkpoint.file_keys.items() if v != k}
     missing = [k for k in expected if k not in given and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in given if k not in expected]
-    wrong = [f"{k} {tuple(given[k].shape)} (expected {tuple(expected[k].shape)})"
+    unexpected = [shown.get(k, k) for k in given if k not in expected]
+    wrong = [f"{shown.get(k, k)} {tuple(given[k].shape)} (expected {tuple(expected[k].shape)})"
              for k in given if k in expected and given[k].shape != expected[k].shape]
     if missing or unexpected or wrong:
         parts = []
