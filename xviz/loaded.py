@@ -196,8 +196,9 @@ def parse_labels(text: str, is_json: bool) -> list[str]:
 
 
 def untrained(device: torch.device | None = None) -> LoadedModel:
-    torch.manual_seed(0)
-    net = Xception(XceptionConfig(num_classes=1000))
+    with torch.random.fork_rng(devices=[]):  # reproducible weights without resetting the caller's seed
+        torch.manual_seed(0)
+        net = Xception(XceptionConfig(num_classes=1000))
     return _finish(net, imagenet_labels(), W.IMAGENET.preprocessing,
                    "UNTRAINED: random weights (seed 0). Predictions and maps mean nothing.",
                    "untrained", "untrained", device or pick_device(), trained=False)
