@@ -77,7 +77,8 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL mode -> 8-bit RGB, scaling high bit depths instead of clipping them."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if arr.max(initial=0) > 255 else 255.0
+        # I;16 is 16-bit by definition (a dark scan must stay dark); 32-bit "I" carries no depth: guess
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
         img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
     elif img.mode == "F":
         arr = np.nan_to_num(np.asarray(img, dtype=np.float64))
