@@ -15,6 +15,9 @@ PAGES = {
     "Look": [
         st.Page("pages/predict.py", title="Predict", icon=":material/label:", default=True),
     ],
+    "Count": [
+        st.Page("pages/parameters.py", title="Parameters and compute", icon=":material/calculate:"),
+    ],
 }
 
 page = st.navigation(PAGES)

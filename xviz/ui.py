@@ -288,3 +288,12 @@ def current() -> Selection | None:
 def page_header(title: str, lead: str) -> None:
     st.title(title)
     st.markdown(lead)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def ledger(model_key: str, input_size: int, _model: xviz.LoadedModel):
+    """(ledger, standard-conv counterfactual) DataFrames of xviz.accounting, per (model, input size)."""
+    from xviz import accounting
+
+    table = accounting.ledger(_model, input_size)
+    return table, accounting.counterfactual(table)

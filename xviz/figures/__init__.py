@@ -1,3 +1,4 @@
 """Pure figure builders: arrays and tables in, plotly figures or images out. No Streamlit here."""
 
 from .predict import topk_bar  # noqa: F401
+from .ledger import group_spectrum_plot, shares_bar, standard_vs_separable_bar  # noqa: F401
