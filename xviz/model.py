@@ -326,6 +326,10 @@ def _keras_names(net: Xception) -> dict[str, str]:
     return names
 
 
-def count_parameters(net: nn.Module, trainable_only: bool = True) -> int:
-    """Learnable weights, the paper's count (BatchNorm running statistics are buffers, not counted)."""
-    return sum(p.numel() for p in net.parameters() if p.requires_grad or not trainable_only)
+def count_parameters(net: nn.Module) -> int:
+    """Learnable weights: the paper's (and Keras' "trainable") count.
+
+    BatchNorm running statistics are buffers, not counted. ``requires_grad`` is ignored on purpose:
+    ``load_model`` freezes the weights for inference, which doesn't make them any less the model's.
+    """
+    return sum(p.numel() for p in net.parameters())
