@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from . import weights as W
-from .device import configure_threads, describe, pick_device
+from .device import configure_precision, configure_threads, describe, pick_device
 from .errors import LabelsError, WeightsError, WeightsUnavailableError, XvizError
 from .model import Xception, XceptionConfig
 from .preprocess import Preprocessing
@@ -106,6 +106,7 @@ def load_model(source: str | Path = "auto", labels: str | Path | list[str] | Non
     dev = pick_device(device)
     if dev.type == "cpu":
         configure_threads()
+    configure_precision(dev)
     source = str(source)
     if source == "auto":
         return _load_auto(dev, progress)
