@@ -106,7 +106,6 @@ def load_model(source: str | Path = "auto", labels: str | Path | list[str] | Non
     dev = pick_device(device)
     if dev.type == "cpu":
         configure_threads()
-    configure_precision(dev)
     source = str(source)
     if source == "auto":
         return _load_auto(dev, progress)
@@ -212,6 +211,7 @@ def _from_checkpoint(ckpt: W.Checkpoint, prep: Preprocessing, labels: list[str],
 
 
 def _finish(net: Xception, labels, prep, source, kind, key, device, trained=True) -> LoadedModel:
+    configure_precision(device)
     net = net.eval().requires_grad_(False)
     net = net.to(device=device, memory_format=torch.channels_last)
     return LoadedModel(net, labels, prep, source, kind, key, device, trained)
