@@ -273,6 +273,7 @@ def _resolve_model() -> xviz.LoadedModel | None:
 
 def current() -> Selection | None:
     """The model and image every page works on, or None (with a message shown) if either is missing."""
+    ensure_frame()
     model = current_model()
     data = st.session_state.get(IMAGE_BYTES)
     if model is None:
@@ -285,7 +286,23 @@ def current() -> Selection | None:
     return Selection(model, _decode(key, data), data, key, st.session_state.get(IMAGE_NAME, "image"))
 
 
+def ensure_frame() -> None:
+    """Hand a deep link over to app.py when Streamlit ran the page file on its own.
+
+    Until ``st.navigation`` has run once in the server process, Streamlit treats the ``pages/``
+    folder as a legacy multipage app: a link like ``/parameters`` opened as the server's very
+    first request runs ``pages/parameters.py`` alone, without the sidebar. Leaving legacy mode
+    and rerunning lets app.py (the frame) run and route to the same page.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
 def page_header(title: str, lead: str) -> None:
+    ensure_frame()
     st.title(title)
     st.markdown(lead)
 
