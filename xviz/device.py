@@ -61,6 +61,15 @@ def configure_precision(device: torch.device) -> None:
         torch.backends.cuda.matmul.allow_tf32 = False
 
 
+def memory_format(device: torch.device) -> torch.memory_format:
+    """The layout Xception runs fastest in on ``device``, measured at batch 1, fp32, 299 px.
+
+    CPU (oneDNN): channels_last, ~0.74x the NCHW latency. CUDA without TF32 (H200): NCHW;
+    channels_last was 1.17x slower there.
+    """
+    return torch.channels_last if device.type == "cpu" else torch.contiguous_format
+
+
 def describe(device: torch.device) -> str:
     """A one-line description for the status bar: 'CPU (2 threads)', 'CUDA: NVIDIA H100 ...'."""
     if device.type == "cuda":

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from . import weights as W
-from .device import configure_precision, configure_threads, describe, pick_device
+from .device import configure_precision, configure_threads, describe, memory_format, pick_device
 from .errors import LabelsError, WeightsError, WeightsUnavailableError, XvizError
 from .model import Xception, XceptionConfig
 from .preprocess import Preprocessing
@@ -60,7 +60,7 @@ class LoadedModel:
     def preprocess(self, img: Image.Image) -> torch.Tensor:
         """(1, 3, S, S) tensor on the model's device, in the memory format the model runs fastest in."""
         x = self.preprocessing.to_tensor(img).to(self.device)
-        return x.contiguous(memory_format=torch.channels_last)
+        return x.contiguous(memory_format=memory_format(self.device))
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -213,7 +213,7 @@ def _from_checkpoint(ckpt: W.Checkpoint, prep: Preprocessing, labels: list[str],
 def _finish(net: Xception, labels, prep, source, kind, key, device, trained=True) -> LoadedModel:
     configure_precision(device)
     net = net.eval().requires_grad_(False)
-    net = net.to(device=device, memory_format=torch.channels_last)
+    net = net.to(device=device, memory_format=memory_format(device))
     return LoadedModel(net, labels, prep, source, kind, key, device, trained)
 
 
