@@ -9,7 +9,8 @@ import streamlit as st
 
 from xviz import ui
 
-st.set_page_config(page_title="xviz — how Xception sees", page_icon=":material/visibility:", layout="wide")
+# an emoji favicon is drawn by the browser; a :material/ one is fetched from fonts.gstatic.com (fails offline)
+st.set_page_config(page_title="xviz — how Xception sees", page_icon="👁️", layout="wide")
 
 PAGES = {
     "Look": [
