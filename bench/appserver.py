@@ -55,19 +55,33 @@ def _healthy(url: str) -> bool:
         return False
 
 
+DEAD_PROXY = "http://127.0.0.1:9"  # the discard port: every outbound HTTP(S) request fails at once
+
+
 @contextmanager
 def streamlit_server(app: str = "app.py", timeout: float = 120.0, env: dict | None = None,
-                     args: tuple[str, ...] = ()) -> Iterator[Server]:
+                     args: tuple[str, ...] = (), fresh_offline: bool = True) -> Iterator[Server]:
     """Run ``streamlit run <app>`` from the repo root until the block exits.
+
+    ``fresh_offline``: run it as on a classroom laptop that has never downloaded anything and has no
+    internet: an empty torch.hub cache and a proxy that refuses every outbound request, so "Best
+    available" is the installed demo model on every machine (no 90 MB ImageNet download mid-test).
 
     Raises:
         RuntimeError: the server exited or wasn't healthy within ``timeout`` s (with its log's tail).
     """
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    child_env = {**os.environ, "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false", **(env or {})}
     logdir = tempfile.mkdtemp(prefix="xviz-server-")
     log = Path(logdir) / "streamlit.log"
+    child_env = {**os.environ, "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
+    if fresh_offline:
+        (Path(logdir) / "torch_home").mkdir()
+        child_env["TORCH_HOME"] = str(Path(logdir) / "torch_home")
+        for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+            child_env[name] = DEAD_PROXY
+        child_env["NO_PROXY"] = child_env["no_proxy"] = "127.0.0.1,localhost"
+    child_env.update(env or {})
     cmd = [sys.executable, "-m", "streamlit", "run", app, "--server.headless", "true",
            "--server.port", str(port), "--server.address", "127.0.0.1",
            "--server.fileWatcherType", "none", "--server.runOnSave", "false", *args]
@@ -111,29 +125,54 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
-def rss_bytes(pid: int) -> int:
-    """Resident memory of ``pid`` and all its descendants (from /proc; 0 where unreadable)."""
-    total, stack, seen = 0, [pid], set()
+def tree(pid: int) -> list[int]:
+    """``pid`` and all its live descendants."""
+    out, stack, seen = [], [pid], set()
     while stack:
         p = stack.pop()
-        if p in seen:
+        if p in seen or not Path(f"/proc/{p}").exists():
             continue
         seen.add(p)
+        out.append(p)
+        stack += _children(p)
+    return out
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of ``pid`` and all its descendants (from /proc; 0 where unreadable)."""
+    total = 0
+    for p in tree(pid):
         try:
             total += int(Path(f"/proc/{p}/statm").read_text().split()[1]) * PAGE_SIZE
         except (OSError, IndexError, ValueError):
             continue
-        stack += _children(p)
     return total
 
 
+def threads(pid: int) -> tuple[int, int]:
+    """(threads, threads running or runnable right now) over the process tree of ``pid``."""
+    total = running = 0
+    for p in tree(pid):
+        for stat in Path(f"/proc/{p}/task").glob("*/stat"):
+            try:
+                state = stat.read_text().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                continue
+            total += 1
+            running += state == "R"
+    return total, running
+
+
 class RssSampler:
-    """Samples :func:`rss_bytes` of a process tree in a thread; ``peak`` is the largest seen."""
+    """Samples a process tree in a thread: memory (``peak``, ``samples``) and how many of its
+    threads are on a CPU or waiting for one (``running``), which shows oversubscription."""
 
     def __init__(self, pid: int, interval: float = 0.1):
         self.pid, self.interval = pid, interval
         self.peak = 0
         self.samples: list[int] = []
+        self.running: list[int] = []
+        self.max_threads = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -142,6 +181,9 @@ class RssSampler:
             value = rss_bytes(self.pid)
             self.samples.append(value)
             self.peak = max(self.peak, value)
+            total, running = threads(self.pid)
+            self.max_threads = max(self.max_threads, total)
+            self.running.append(running)
             self._stop.wait(self.interval)
 
     def __enter__(self) -> "RssSampler":

@@ -84,8 +84,9 @@ def app():
     """
     with pytest.MonkeyPatch.context() as mp:
         apptest_uses_st_navigation(mp)
-        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120).run()
-        at.sidebar.selectbox(key="model_source").set_value("kitchenware").run()
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+        at.session_state["model_source"] = "kitchenware"
+        at.run()
         at.sidebar.radio(key="image_source").set_value("Upload").run()
         assert not at.exception
         yield at

@@ -12,7 +12,10 @@ import pytest
 
 import xviz
 import xviz.weights as W
-from conftest import ROOT, App, browser_missing_reason, registered_pages
+from bench.browser import AppTab as App
+from bench.browser import browser_missing_reason, registered_pages
+
+ROOT = Path(__file__).resolve().parents[2]
 
 _missing = browser_missing_reason()
 if _missing:
@@ -25,7 +28,7 @@ if W.kitchenware_path() is None:
 from hostile import case as hostile_case  # noqa: E402
 from playwright.sync_api import expect  # noqa: E402  (after the skips: playwright may be missing)
 
-PAGES = registered_pages()
+PAGES = registered_pages(ROOT)
 CAT = ROOT / "assets" / "examples" / "cat.jpg"
 RENDERED = ("stPlotlyChart", "stImage", "stDataFrame", "stTable", "stVegaLiteChart", "stGraphVizChart")
 
@@ -55,20 +58,6 @@ def choose_model(app: App, option_text: str) -> None:
     keyed(app, "model_source").get_by_role("button", name="Open").click()
     option = app.page.get_by_role("option").filter(has_text=option_text)
     app.act(option.click)
-
-
-def nav_link(app: App, title: str):
-    more = app.sidebar.get_by_test_id("stSidebarNavViewButton")
-    if more.count() and "more" in more.inner_text().lower():
-        more.click()
-    links = app.sidebar.get_by_test_id("stSidebarNavLink")
-    return links.filter(has=app.page.get_by_text(title, exact=True))
-
-
-def go_to(app: App, title: str) -> None:
-    link = nav_link(app, title)
-    assert link.count() == 1, f"navigation shows {link.count()} links titled {title!r}"
-    app.act(link.click)
 
 
 # -- what the page shows ----------------------------------------------------------------------
@@ -132,7 +121,7 @@ def test_app_opens_on_predictions(app: App, model):
 
 def test_navigation_lists_every_registered_page(app: App):
     for entry in PAGES:
-        assert nav_link(app, entry.title).count() == 1, f"{entry.path} ({entry.title!r}) is not in the navigation"
+        assert app.nav_link(entry.title).count() == 1, f"{entry.path} ({entry.title!r}) is not in the navigation"
 
 
 def test_real_upload_is_predicted(app: App, model):
@@ -147,7 +136,7 @@ def test_real_upload_is_predicted(app: App, model):
 @pytest.mark.parametrize("entry", PAGES, ids=lambda e: Path(e.path).stem)
 def test_page_renders_without_errors(app: App, entry):
     if entry.path != "pages/predict.py":
-        go_to(app, entry.title)
+        app.go_to(entry.title)
     assert_rendered(app)
     app.assert_clean()
 
@@ -158,7 +147,7 @@ def test_switching_pages_keeps_image_and_model(app: App, model):
     upload(app, "cat.jpg", CAT.read_bytes(), "image/jpeg")
     weights = weights_line(app)
     for entry in PAGES[1:] + PAGES[:1]:  # every other page, then back to Predict
-        go_to(app, entry.title)
+        app.go_to(entry.title)
         assert weights_line(app) == weights, f"the model changed on {entry.title}"
         assert keyed(app, "image_uploader").get_by_test_id("stFileChipName").inner_text() == "cat.jpg", entry.title
         assert keyed(app, "image_source").get_by_role("radio", name="Upload").is_checked(), entry.title

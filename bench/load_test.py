@@ -1,0 +1,224 @@
+"""A classroom at once: N sessions upload a photo and open Predict, Feature maps and Grad-CAM together.
+
+    python bench/load_test.py                 # 30 sessions against a fresh `streamlit run app.py`
+    python bench/load_test.py --sessions 5    # fewer
+    python bench/load_test.py --all-pages     # every page in the navigation, not just the three
+
+Each session is a headless Streamlit client speaking the app's own websocket protocol
+(bench/wsclient.py): it uploads its own photo (a distinct crop of a real kitchenware photo, so no
+session is served from another's cache), waits for the Predict page's chart and fetches its
+images, then switches to Feature maps and Grad-CAM as a student clicking the navigation would.
+Why not browsers: 30 Chromium tabs on a 2-core machine would spend the cores on rendering and
+measure the browsers; the websocket clients cost the server exactly what tabs would (same messages,
+same uploads, same /media fetches) and cost the client almost nothing.
+
+Pass: 0 errors (exceptions shown, failed runs, missing charts, a session seeing another's photo),
+peak RSS of the server's process tree <= 4 GB. Latencies are per step, from the rerun request to
+the last image of the result fetched. The server is started fresh and offline (bench/appserver.py),
+with one warm-up session first: a teacher opens the app before the class does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import random
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.appserver import RssSampler, streamlit_server  # noqa: E402
+from bench.wsclient import ClientError, RunResult, StreamlitSession  # noqa: E402
+
+RSS_BUDGET = 4 * 2**30
+HEAVY_PAGES = {"feature maps": ("feature_maps", "feature"), "grad-cam": ("gradcam", "grad_cam", "grad")}
+
+
+def unique_photos(n: int, seed: int = 0) -> list[tuple[str, bytes]]:
+    """``n`` distinct JPEGs: random crops (70-100% of each side) of the kitchenware photos, or of
+    assets/examples when the demo package is missing."""
+    from PIL import Image
+
+    import xviz.weights as W
+
+    kdir = W.kitchenware_dir()
+    sources = sorted((kdir / "datasets" / "kitchenware-data" / "images").glob("*.jpg")) if kdir else []
+    sources = sources or sorted((ROOT / "assets" / "examples").glob("*.jpg"))
+    rng = random.Random(seed)
+    photos = []
+    for i in range(n):
+        src = sources[i % len(sources)]
+        img = Image.open(src).convert("RGB")
+        w, h = img.size
+        cw, ch = int(w * rng.uniform(0.7, 1.0)), int(h * rng.uniform(0.7, 1.0))
+        x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+        buf = io.BytesIO()
+        img.crop((x, y, x + cw, y + ch)).save(buf, "JPEG", quality=90)
+        photos.append((f"student{i:03d}-{src.stem}.jpg", buf.getvalue()))
+    return photos
+
+
+def find_page(pages: dict[str, str], hints: tuple[str, ...]) -> str | None:
+    for hint in hints:
+        for path in pages:
+            if path and hint in path.lower():
+                return path
+    return None
+
+
+@dataclass
+class SessionLog:
+    index: int
+    steps: dict[str, float] = field(default_factory=dict)  # step -> seconds
+    errors: list[str] = field(default_factory=list)
+
+
+def check(result: RunResult, step: str, log: SessionLog, need: tuple[str, ...] = ()) -> None:
+    for exc in result.exceptions:
+        log.errors.append(f"{step}: exception shown: {exc}")
+    if need and not any(result.count(kind) for kind in need):
+        log.errors.append(f"{step}: none of {need} rendered")
+    log.steps[step] = result.seconds
+
+
+async def student(url: str, index: int, photo: tuple[str, bytes], pages: list[tuple[str, str]],
+                  start_gate: asyncio.Event) -> SessionLog:
+    log = SessionLog(index)
+    session = StreamlitSession(url)
+    await start_gate.wait()
+    try:
+        await session.connect()
+        check(await session.rerun(), "open", log, need=("plotly_chart",))
+        session.set_string("image_source", "Upload")
+        check(await session.rerun(), "choose upload", log)
+        name, data = photo
+        t0 = time.perf_counter()
+        await session.upload("image_uploader", name, data)
+        result = await session.rerun()
+        result.seconds = time.perf_counter() - t0  # the upload itself is part of what the student waits for
+        check(result, "upload + predict", log, need=("plotly_chart",))
+        captions = [img.caption for kind, el in result.elements if kind == "imgs" for img in el.imgs]
+        if not any(f"upload: {name}" in c for c in captions):
+            log.errors.append(f"upload + predict: the page shows {captions}, not this session's {name}")
+        if not any("sure this is" in t for t in result.texts("markdown")):
+            log.errors.append("upload + predict: no prediction sentence")
+        for step, path in pages:
+            check(await session.rerun(page=path), step, log, need=("imgs", "plotly_chart"))
+    except (ClientError, OSError, asyncio.TimeoutError) as exc:
+        log.errors.append(f"{type(exc).__name__}: {exc}")
+    finally:
+        await session.close()
+    return log
+
+
+async def run_class(url: str, n: int, all_pages: bool) -> tuple[list[SessionLog], dict]:
+    # warm-up: the teacher's own tab loads the model and learns the page list
+    teacher = StreamlitSession(url)
+    await teacher.connect()
+    t0 = time.perf_counter()
+    first = await teacher.rerun()
+    warm = {"first_run_s": time.perf_counter() - t0, "first_run_exceptions": first.exceptions}
+    available = dict(teacher.pages)
+    await teacher.close()
+
+    if all_pages:
+        pages = [(p, p) for p in available if p and available[p] != available.get("")]
+    else:
+        pages, missing = [], []
+        for step, hints in HEAVY_PAGES.items():
+            path = find_page(available, hints)
+            (pages.append((step, path)) if path else missing.append(step))
+        warm["missing_pages"] = missing
+    warm["pages_visited"] = [p for _, p in pages]
+
+    photos = unique_photos(n)
+    gate = asyncio.Event()
+    tasks = []
+    for i in range(n):
+        tasks.append(asyncio.create_task(student(url, i, photos[i], pages, gate)))
+    gate.set()  # everyone at once: "now upload your photo"
+    logs = await asyncio.gather(*tasks)
+    return logs, warm
+
+
+def percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    if not values:
+        return float("nan")
+    k = (len(values) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sessions", type=int, default=30)
+    parser.add_argument("--all-pages", action="store_true", help="visit every page, not just the heavy ones")
+    parser.add_argument("--url", help="drive an already running server instead of starting one (no RSS)")
+    args = parser.parse_args(argv)
+
+    from bench.common import machine
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    print(f"machine: {machine()}; {cores} cores for server and clients together")
+    wall = time.perf_counter()
+    if args.url:
+        logs, warm = asyncio.run(run_class(args.url, args.sessions, args.all_pages))
+        peak = base = rss = None
+        busy = []
+    else:
+        with streamlit_server() as srv, RssSampler(srv.proc.pid) as rss:
+            logs, warm = asyncio.run(run_class(srv.url, args.sessions, args.all_pages))
+            base = rss.samples[0] if rss.samples else None
+        peak = rss.peak
+        busy = [r for r in rss.running if r]  # samples while the server was doing anything
+    wall = time.perf_counter() - wall
+
+    errors = [f"session {log.index}: {e}" for log in logs for e in log.errors]
+    steps = sorted({s for log in logs for s in log.steps}, key=lambda s: min(
+        list(log.steps).index(s) for log in logs if s in log.steps))
+    print(f"{args.sessions} concurrent sessions; warm-up (model load + first page): {warm['first_run_s']:.1f} s; "
+          f"pages: {', '.join(warm['pages_visited']) or '-'}"
+          + (f"; NOT IN THE APP YET: {', '.join(warm['missing_pages'])}" if warm.get("missing_pages") else ""))
+    print(f"{'step':<20} {'n':>3} {'p50 s':>8} {'p95 s':>8} {'max s':>8}")
+    summary = {}
+    for step in steps:
+        vals = [log.steps[step] for log in logs if step in log.steps]
+        summary[step] = {"n": len(vals), "p50_s": percentile(vals, 0.5), "p95_s": percentile(vals, 0.95),
+                         "max_s": max(vals)}
+        print(f"{step:<20} {len(vals):>3} {summary[step]['p50_s']:>8.2f} {summary[step]['p95_s']:>8.2f} "
+              f"{summary[step]['max_s']:>8.2f}")
+    heavy = [v for log in logs for s, v in log.steps.items() if s not in ("open", "choose upload")]
+    print(f"all heavy steps: p50 {percentile(heavy, 0.5):.2f} s, p95 {percentile(heavy, 0.95):.2f} s; "
+          f"whole class done in {wall:.0f} s")
+    if peak is not None:
+        print(f"server RSS (process tree): {base / 2**30:.2f} GB at start, peak {peak / 2**30:.2f} GB "
+              f"(budget {RSS_BUDGET / 2**30:.0f} GB): {'OK' if peak <= RSS_BUDGET else 'OVER BUDGET'}")
+    if busy:
+        print(f"server threads: {rss.max_threads} at most; runnable at once while busy: mean "
+              f"{statistics.mean(busy):.1f}, p95 {percentile(busy, 0.95):.0f} on {cores} cores "
+              f"(forwards queue on LoadedModel.lock; torch uses {cores} threads)")
+    print(f"errors: {len(errors)}")
+    for e in errors[:20]:
+        print("  " + e)
+    ok = not errors and (peak is None or peak <= RSS_BUDGET) and not warm.get("missing_pages")
+    print(json.dumps({"sessions": args.sessions, "errors": len(errors), "peak_rss_gb": peak and peak / 2**30,
+                      "steps": summary, "heavy_p50_s": percentile(heavy, 0.5),
+                      "heavy_p95_s": percentile(heavy, 0.95), "wall_s": wall,
+                      "runnable_threads_mean": statistics.mean(busy) if busy else None,
+                      "pages": warm["pages_visited"], "missing_pages": warm.get("missing_pages", []),
+                      "ok": ok}))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""A headless Streamlit client: what a browser tab does, over the app's own protocol.
+
+A browser talks to `streamlit run` through one websocket (``/_stcore/stream``) carrying protobufs:
+it sends ``BackMsg.rerun_script`` with every widget's value and the page it is on, and the server
+streams ``ForwardMsg`` deltas back until ``script_finished``. Files go separately: the client asks
+for upload URLs (``file_urls_request``), PUTs the file there with the XSRF token, then reruns with
+the file uploader's widget state pointing at it. This module does exactly that, with Streamlit's
+own protobuf classes, so 30 sessions cost the server what 30 students cost it, and the client side
+costs almost nothing (30 Chromium tabs on 2 cores would measure the browsers, not the server).
+
+Widget ids are learnt from the deltas: a widget made with ``key=k`` has an id ending in ``-k``.
+Images are fetched from their ``/media`` URLs as a browser would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+
+import websockets
+from streamlit.proto.BackMsg_pb2 import BackMsg
+from streamlit.proto.ForwardMsg_pb2 import ForwardMsg
+from streamlit.proto.WidgetStates_pb2 import WidgetState
+
+XSRF_COOKIE = "_streamlit_xsrf"
+
+
+class ClientError(RuntimeError):
+    """The app or the server did something a student would see as broken."""
+
+
+@dataclass
+class RunResult:
+    seconds: float
+    elements: list[tuple[str, object]]  # (element type, element proto) of this run, in order
+    exceptions: list[str] = field(default_factory=list)
+    media: int = 0  # /media files fetched
+
+    def count(self, kind: str) -> int:
+        return sum(1 for k, _ in self.elements if k == kind)
+
+    def texts(self, kind: str) -> list[str]:
+        return [getattr(el, "body", "") for k, el in self.elements if k == kind]
+
+
+class StreamlitSession:
+    """One browser tab's worth of session, driven from asyncio."""
+
+    def __init__(self, url: str, timeout: float = 600.0):
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.session_id = ""
+        self.pages: dict[str, str] = {}  # url_pathname -> page_script_hash
+        self.page_hash = ""
+        self.widgets: dict[str, WidgetState] = {}  # widget id -> the value we hold for it
+        self.widget_ids: dict[str, str] = {}  # user key -> widget id
+        self._xsrf = ""
+        self._ws = None
+        self._reader: asyncio.Task | None = None
+        self._run_elements: list[tuple[str, object]] = []
+        self._run_exceptions: list[str] = []
+        self._finished: asyncio.Queue[int] = asyncio.Queue()
+        self._file_urls: dict[str, asyncio.Future] = {}
+        self._closed_reason: str | None = None
+
+    # -- connection -----------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        self._xsrf = await asyncio.to_thread(self._xsrf_cookie)
+        host = self.url.split("://", 1)[1]
+        self._ws = await websockets.connect(
+            f"ws://{host}/_stcore/stream", subprotocols=["streamlit", self._xsrf],
+            additional_headers={"Origin": self.url, "Cookie": f"{XSRF_COOKIE}={self._xsrf}"},
+            max_size=None, open_timeout=self.timeout, ping_interval=None)
+        self._reader = asyncio.create_task(self._read())
+
+    def _xsrf_cookie(self) -> str:
+        with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=self.timeout) as r:
+            for header in r.headers.get_all("Set-Cookie") or []:
+                name, _, rest = header.partition("=")
+                if name.strip() == XSRF_COOKIE:
+                    return rest.split(";", 1)[0]
+        raise ClientError("the server set no XSRF cookie")
+
+    async def close(self) -> None:
+        if self._ws is not None:
+            await self._ws.close()
+        if self._reader is not None:
+            self._reader.cancel()
+            try:
+                await self._reader
+            except (asyncio.CancelledError, Exception):
+                pass
+
+    async def _read(self) -> None:
+        try:
+            async for frame in self._ws:
+                msg = ForwardMsg()
+                msg.ParseFromString(frame)
+                self._handle(msg)
+        except websockets.ConnectionClosed as exc:
+            self._closed_reason = f"websocket closed ({exc})"
+        finally:
+            self._closed_reason = self._closed_reason or "websocket closed"
+            self._finished.put_nowait(-1)
+
+    def _handle(self, msg: ForwardMsg) -> None:
+        kind = msg.WhichOneof("type")
+        if kind == "new_session":
+            self.session_id = msg.new_session.initialize.session_id or self.session_id
+            self._learn_pages(msg.new_session.app_pages)
+        elif kind == "navigation":
+            self._learn_pages(msg.navigation.app_pages)
+            if msg.navigation.page_script_hash:
+                self.page_hash = msg.navigation.page_script_hash
+        elif kind == "delta" and msg.delta.WhichOneof("type") == "new_element":
+            el_kind = msg.delta.new_element.WhichOneof("type")
+            el = getattr(msg.delta.new_element, el_kind)
+            self._run_elements.append((el_kind, el))
+            widget_id = getattr(el, "id", "")
+            if widget_id and isinstance(widget_id, str):
+                key = widget_id.rsplit("-", 1)[-1]
+                self.widget_ids[key] = widget_id
+            if el_kind == "exception":
+                self._run_exceptions.append(f"{el.type}: {el.message}")
+        elif kind == "file_urls_response":
+            fut = self._file_urls.pop(msg.file_urls_response.response_id, None)
+            if fut is not None and not fut.done():
+                fut.set_result(msg.file_urls_response)
+        elif kind == "script_finished":
+            self._finished.put_nowait(msg.script_finished)
+        elif kind == "ref_hash":
+            # we never announce cached messages, so the server must not refer to one
+            raise ClientError("server sent a cached-message reference the client never had")
+
+    def _learn_pages(self, app_pages) -> None:
+        for page in app_pages:
+            if page.url_pathname:
+                self.pages[page.url_pathname] = page.page_script_hash
+            if page.is_default:
+                self.pages.setdefault("", page.page_script_hash)
+
+    # -- actions ---------------------------------------------------------------------------
+
+    async def rerun(self, page: str | None = None, fetch_media: bool = True) -> RunResult:
+        """Rerun with our widget values (on ``page``, a url_pathname, if given); wait until finished."""
+        if self._closed_reason:
+            raise ClientError(self._closed_reason)
+        if page is not None:
+            if page not in self.pages:
+                raise ClientError(f"the app has no page {page!r} (pages: {sorted(self.pages)})")
+            self.page_hash = self.pages[page]
+        msg = BackMsg()
+        state = msg.rerun_script
+        state.query_string = ""
+        state.page_script_hash = self.page_hash
+        state.widget_states.widgets.extend(self.widgets.values())
+        self._run_elements, self._run_exceptions = [], []
+        while not self._finished.empty():
+            self._finished.get_nowait()
+        start = time.perf_counter()
+        await self._ws.send(msg.SerializeToString())
+        while True:
+            status = await asyncio.wait_for(self._finished.get(), self.timeout)
+            if status == -1:
+                raise ClientError(self._closed_reason or "websocket closed mid-run")
+            if status in (ForwardMsg.FINISHED_SUCCESSFULLY, ForwardMsg.FINISHED_FRAGMENT_RUN_SUCCESSFULLY):
+                break
+            if status == ForwardMsg.FINISHED_WITH_COMPILE_ERROR:
+                raise ClientError("the script failed to compile")
+            # FINISHED_EARLY_FOR_RERUN: superseded by our own request; keep waiting
+        result = RunResult(0.0, self._run_elements, self._run_exceptions)
+        if fetch_media:
+            result.media = await asyncio.to_thread(self._fetch_media, result.elements)
+        result.seconds = time.perf_counter() - start
+        return result
+
+    def _fetch_media(self, elements) -> int:
+        urls = [img.url for kind, el in elements if kind == "imgs" for img in el.imgs if img.url.startswith("/")]
+        for url in urls:
+            with urllib.request.urlopen(f"{self.url}{url}", timeout=self.timeout) as r:
+                r.read()
+        return len(urls)
+
+    def widget_id(self, key: str) -> str:
+        try:
+            return self.widget_ids[key]
+        except KeyError:
+            raise ClientError(f"no widget with key {key!r} has been shown yet") from None
+
+    def set_string(self, key: str, value: str) -> None:
+        ws = WidgetState(id=self.widget_id(key), string_value=value)
+        self.widgets[ws.id] = ws
+
+    async def upload(self, key: str, name: str, data: bytes, mime: str = "image/jpeg") -> None:
+        """Put a file into the uploader with ``key`` (the next rerun sees it), replacing its last file."""
+        widget = self.widget_id(key)
+        request_id = uuid.uuid4().hex
+        fut = asyncio.get_running_loop().create_future()
+        self._file_urls[request_id] = fut
+        msg = BackMsg()
+        msg.file_urls_request.request_id = request_id
+        msg.file_urls_request.session_id = self.session_id
+        msg.file_urls_request.file_names.append(name)
+        await self._ws.send(msg.SerializeToString())
+        response = await asyncio.wait_for(fut, self.timeout)
+        if response.error_msg:
+            raise ClientError(f"upload refused: {response.error_msg}")
+        urls = response.file_urls[0]
+        await asyncio.to_thread(self._put, urls.upload_url, name, data, mime)
+        previous = self.widgets.get(widget)
+        state = WidgetState(id=widget)
+        info = state.file_uploader_state_value.uploaded_file_info.add()
+        info.file_id, info.name, info.size = urls.file_id, name, len(data)
+        info.file_urls.CopyFrom(urls)
+        self.widgets[widget] = state
+        if previous is not None:  # the browser deletes the file it replaced
+            for old in previous.file_uploader_state_value.uploaded_file_info:
+                await asyncio.to_thread(self._request, "DELETE", old.file_urls.delete_url, None, {})
+
+    def _put(self, path: str, name: str, data: bytes, mime: str) -> None:
+        boundary = f"----xviz{uuid.uuid4().hex}"
+        safe_name = name.replace('"', "_")
+        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{safe_name}\"\r\n"
+                f"Content-Type: {mime}\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+        self._request("PUT", path, body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+
+    def _request(self, method: str, path: str, body: bytes | None, headers: dict) -> None:
+        url = path if path.startswith("http") else f"{self.url}{path if path.startswith('/') else '/' + path}"
+        req = urllib.request.Request(url, data=body, method=method, headers={
+            **headers, "X-Xsrftoken": self._xsrf, "Cookie": f"{XSRF_COOKIE}={self._xsrf}", "Origin": self.url})
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as r:
+                if r.status >= 300:
+                    raise ClientError(f"{method} {path}: HTTP {r.status}")
+        except urllib.error.HTTPError as exc:
+            raise ClientError(f"{method} {path}: HTTP {exc.code} {exc.reason}") from None
