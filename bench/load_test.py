@@ -131,7 +131,7 @@ async def run_class(url: str, n: int, all_pages: bool) -> tuple[list[SessionLog]
     await teacher.close()
 
     if all_pages:
-        pages = [(p, p) for p in available if p and available[p] != available.get("")]
+        pages = [(p, p) for p in available if p]  # "" is the landing page, visited already
     else:
         pages, missing = [], []
         for step, hints in HEAVY_PAGES.items():

@@ -112,9 +112,9 @@ class StreamlitSession:
         kind = msg.WhichOneof("type")
         if kind == "new_session":
             self.session_id = msg.new_session.initialize.session_id or self.session_id
-            self._learn_pages(msg.new_session.app_pages)
         elif kind == "navigation":
-            self._learn_pages(msg.navigation.app_pages)
+            # a run can send several; the last one of the run is st.navigation's final page list
+            self.pages = self._page_map(msg.navigation.app_pages)
             if msg.navigation.page_script_hash:
                 self.page_hash = msg.navigation.page_script_hash
         elif kind == "delta" and msg.delta.WhichOneof("type") == "new_element":
@@ -137,12 +137,15 @@ class StreamlitSession:
             # we never announce cached messages, so the server must not refer to one
             raise ClientError("server sent a cached-message reference the client never had")
 
-    def _learn_pages(self, app_pages) -> None:
+    @staticmethod
+    def _page_map(app_pages) -> dict[str, str]:
+        pages = {}
         for page in app_pages:
             if page.url_pathname:
-                self.pages[page.url_pathname] = page.page_script_hash
+                pages[page.url_pathname] = page.page_script_hash
             if page.is_default:
-                self.pages.setdefault("", page.page_script_hash)
+                pages[""] = page.page_script_hash
+        return pages
 
     # -- actions ---------------------------------------------------------------------------
 
