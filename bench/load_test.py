@@ -12,6 +12,10 @@ Why not browsers: 30 Chromium tabs on a 2-core machine would spend the cores on 
 measure the browsers; the websocket clients cost the server exactly what tabs would (same messages,
 same uploads, same /media fetches) and cost the client almost nothing.
 
+Every fifth student first uploads something that isn't a usable photo (from tests/hostile.py: an
+empty file, a renamed ZIP, a decompression bomb, a 26 MB file, ...) and must get the sidebar's
+error, with the previous image still in use, before uploading the real one.
+
 Pass: 0 errors (exceptions shown, failed runs, missing charts, a session seeing another's photo),
 peak RSS of the server's process tree <= 4 GB. Latencies are per step, from the rerun request to
 the last image of the result fetched. The server is started fresh and offline (bench/appserver.py),
@@ -38,8 +42,11 @@ if str(ROOT) not in sys.path:
 
 from bench.appserver import RssSampler, streamlit_server  # noqa: E402
 from bench.wsclient import ClientError, RunResult, StreamlitSession  # noqa: E402
+from tests.hostile import invalid_cases  # noqa: E402
 
 RSS_BUDGET = 4 * 2**30
+# the costly refusals first, so a class of 30 (6 bad uploads) meets all of them
+BAD_FIRST = ("over_byte_limit", "bomb_png", "over_pixel_limit", "header_bomb_png", "zip_as_jpg", "truncated_jpeg")
 HEAVY_PAGES = {"feature maps": ("feature_maps", "feature"), "grad-cam": ("gradcam", "grad_cam", "grad")}
 
 
@@ -100,6 +107,15 @@ async def student(url: str, index: int, photo: tuple[str, bytes], pages: list[tu
         check(await session.rerun(), "open", log, need=("plotly_chart",))
         session.set_string("image_source", "Upload")
         check(await session.rerun(), "choose upload", log)
+        if index % 5 == 4:
+            cases = sorted(invalid_cases(), key=lambda c: (c.name not in BAD_FIRST, BAD_FIRST.index(c.name)
+                                                           if c.name in BAD_FIRST else 0))
+            bad = cases[(index // 5) % len(cases)]
+            await session.upload("image_uploader", bad.filename, bad.data, bad.mime)
+            result = await session.rerun()
+            check(result, "bad upload refused", log, need=("plotly_chart",))
+            if not any(bad.filename in t and "previous image is still in use" in t for t in result.texts("alert")):
+                log.errors.append(f"bad upload refused: no clear error for {bad.name}: {result.texts('alert')}")
         name, data = photo
         t0 = time.perf_counter()
         await session.upload("image_uploader", name, data)
@@ -184,8 +200,8 @@ def main(argv=None) -> int:
     wall = time.perf_counter() - wall
 
     errors = [f"session {log.index}: {e}" for log in logs for e in log.errors]
-    steps = sorted({s for log in logs for s in log.steps}, key=lambda s: min(
-        list(log.steps).index(s) for log in logs if s in log.steps))
+    steps = list(max(logs, key=lambda log: len(log.steps)).steps)  # in the order a student meets them
+    steps += [s for log in logs for s in log.steps if s not in steps]
     print(f"{args.sessions} concurrent sessions; warm-up (model load + first page): {warm['first_run_s']:.1f} s; "
           f"pages: {', '.join(warm['pages_visited']) or '-'}"
           + (f"; NOT IN THE APP YET: {', '.join(warm['missing_pages'])}" if warm.get("missing_pages") else ""))
@@ -197,7 +213,8 @@ def main(argv=None) -> int:
                          "max_s": max(vals)}
         print(f"{step:<20} {len(vals):>3} {summary[step]['p50_s']:>8.2f} {summary[step]['p95_s']:>8.2f} "
               f"{summary[step]['max_s']:>8.2f}")
-    heavy = [v for log in logs for s, v in log.steps.items() if s not in ("open", "choose upload")]
+    heavy = [v for log in logs for s, v in log.steps.items() if s not in ("open", "choose upload",
+                                                                          "bad upload refused")]
     print(f"all heavy steps: p50 {percentile(heavy, 0.5):.2f} s, p95 {percentile(heavy, 0.95):.2f} s; "
           f"whole class done in {wall:.0f} s")
     if peak is not None:
