@@ -16,6 +16,11 @@ PAGES = {
     "Look": [
         st.Page("pages/predict.py", title="Predict", icon=":material/label:", default=True),
     ],
+    "Inside": [
+        st.Page("pages/architecture.py", title="Architecture", icon=":material/account_tree:"),
+        st.Page("pages/feature_maps.py", title="Feature maps", icon=":material/grid_view:"),
+        st.Page("pages/separable.py", title="Separable convolution", icon=":material/call_split:"),
+    ],
     "Count": [
         st.Page("pages/parameters.py", title="Parameters and compute", icon=":material/calculate:"),
     ],

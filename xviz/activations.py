@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 
@@ -11,11 +11,15 @@ from .model import Xception
 
 
 @contextmanager
-def capture(net: Xception, names: Iterable[str], *, detach: bool = True) -> Iterator[dict[str, torch.Tensor]]:
+def capture(net: Xception, names: Iterable[str], *, detach: bool = True,
+            keep: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Iterator[dict[str, torch.Tensor]]:
     """Within the block, forwards through ``net`` fill the yielded dict {Keras name: output}.
 
     Outputs are cloned: a later op (or another hook) may reuse the memory. Hooks are removed in
     ``finally``, so an exception in the forward can't leave them behind on a shared model.
+    ``keep``, if given, is applied to each detached output inside its hook and its result stored
+    instead of a clone (e.g. a float16 copy: converting while the output is still in the CPU's
+    cache costs far less than converting after the forward).
 
     Raises:
         KeyError: an unknown layer name.
@@ -27,7 +31,10 @@ def capture(net: Xception, names: Iterable[str], *, detach: bool = True) -> Iter
 
     def hook_for(name):
         def hook(_module, _inputs, output):
-            store[name] = output.detach().clone() if detach else output
+            if keep is not None:
+                store[name] = keep(output.detach())
+            else:
+                store[name] = output.detach().clone() if detach else output
         return hook
 
     try:

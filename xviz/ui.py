@@ -314,3 +314,55 @@ def ledger(model_key: str, input_size: int, _model: xviz.LoadedModel):
 
     table = accounting.ledger(_model, input_size)
     return table, accounting.counterfactual(table)
+
+
+# -- inside the flows: feature maps, separable anatomy, architecture (xviz.flows) -------------
+
+GOTO_BLOCK = "goto_block"  # set by the Architecture page: the block whose maps to open
+
+
+@st.cache_resource(show_spinner="Running the network once and keeping every map these pages show…",
+                   max_entries=3)
+def flow_capture(model_key: str, image_key: str, input_size: int, _model: xviz.LoadedModel,
+                 _image: Image.Image):
+    """ONE forward pass per (model, image, input size): the float16 maps of xviz.flows (~82 MB at
+    299 px), shared read-only by every session and every page; changing layer, channel or sort
+    order reuses it."""
+    from xviz import flows
+
+    return flows.capture_views(_model, _model.preprocess(_image))
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def layer_table(model_key: str, input_size: int, _model: xviz.LoadedModel):
+    """Shown layers with flow, block, kind and shape at ``input_size`` (one shape-only forward)."""
+    from xviz import flows
+
+    return flows.layer_table(_model, input_size)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def architecture(model_key: str, input_size: int, _model: xviz.LoadedModel):
+    """Per-block summary (shapes at ``input_size``, parameters, residual type)."""
+    from xviz import flows
+
+    return flows.architecture(_model, input_size)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def layer_summary(model_key: str, image_key: str, input_size: int, layer: str, _cap):
+    """(LayerStats, {sort: channel order}) of one captured layer."""
+    from xviz import flows
+
+    maps = _cap.map(layer)
+    return flows.layer_stats(maps), {by: flows.channel_order(maps, by) for by in flows.SORTS}
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def channel_grid(model_key: str, image_key: str, input_size: int, layer: str, sort: str, normalise: str,
+                 cmap: str, count: int, _cap, _order):
+    """(PNG bytes, layout) of the layer's first ``count`` channels in ``sort`` order as one grid image."""
+    from xviz.figures import maps
+
+    rgb, layout = maps.channel_grid(_cap.map(layer), _order[:count], normalise=normalise, cmap=cmap)
+    return maps.png_bytes(rgb), layout

@@ -2,3 +2,4 @@
 
 from .predict import topk_bar  # noqa: F401
 from .ledger import group_spectrum_plot, shares_bar, standard_vs_separable_bar  # noqa: F401
+from .maps import architecture_diagram, channel_figure, channel_grid, size_strip  # noqa: F401
