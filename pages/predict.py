@@ -3,7 +3,6 @@
 import streamlit as st
 
 from xviz import ui
-from xviz.figures import topk_bar
 
 ui.page_header("What does Xception see?",
                "The photo is resized and rescaled into the numbers the network was trained on, then "
@@ -13,11 +12,7 @@ if sel is None:
     st.stop()
 model = sel.model
 
-left, right = st.columns(2)
-left.image(sel.image, caption=f"Your image ({sel.image_name}), {sel.image.width}×{sel.image.height} px",
-           width="stretch")
-right.image(model.preprocessing.resized(sel.image),
-            caption=f"What the model sees: {model.preprocessing.describe()}", width="stretch")
+ui.view_input(sel)
 
 if not model.has_head:
     st.warning("This model has no classifier head (a 'notop' backbone): it can't name classes. "
@@ -25,8 +20,7 @@ if not model.has_head:
     st.stop()
 
 k = st.slider("How many guesses to show", 1, min(10, len(model.labels)), min(5, len(model.labels)))
-preds = ui.predictions(model.key, sel.image_key, k, model, sel.image)
-st.plotly_chart(topk_bar(preds), width="stretch")
+preds = ui.view_predictions(sel, k)
 
 label, prob = preds[0]
 size = model.input_size

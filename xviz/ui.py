@@ -37,6 +37,7 @@ MODEL_ERROR = "model_error"
 INPUT_SIZE = "input_size"  # 0: the weights' own size
 IMAGE_SOURCE = "image_source"
 EXAMPLE = "example"
+PRESENTER = "presenter"  # classroom projector: larger type, projector-safe colours, fewer controls
 
 MODEL_CHOICES = {
     "auto": "Best available",
@@ -229,6 +230,7 @@ def sidebar() -> None:
     """Build the shared sidebar. Call after ``st.navigation`` and before ``page.run()``."""
     st.session_state.setdefault(MODEL_SOURCE, "auto")
     st.session_state.setdefault(INPUT_SIZE, 0)
+    _presenter_sidebar()
     _image_sidebar()
     _model_sidebar()
     model = _resolve_model()
@@ -366,3 +368,280 @@ def channel_grid(model_key: str, image_key: str, input_size: int, layer: str, so
 
     rgb, layout = maps.channel_grid(_cap.map(layer), _order[:count], normalise=normalise, cmap=cmap)
     return maps.png_bytes(rgb), layout
+
+
+# -- presenter mode: a classroom projector ------------------------------------------------------
+
+# (screen, projector) colour scales. A projector washes out contrast and shifts hues; scales whose
+# lightness rises steadily keep their order when that happens. jet's brightest colours sit mid-scale,
+# so a washed-out jet no longer says which end is high; cividis also reads the same to red-green
+# colour-blind viewers (about 1 boy in 12).
+COLORMAPS = {"maps": ("viridis", "cividis"), "heat": ("jet", "inferno")}
+
+# Streamlit sizes its text in rem of the root font (16 px): raising the root scales all of it, and
+# body text gets a further step, for the back row.
+PRESENTER_CSS = """<style>
+html { font-size: 20px !important; }
+[data-testid="stMain"] [data-testid="stMarkdownContainer"] :is(p, li) { font-size: 1.2rem; line-height: 1.5; }
+[data-testid="stMain"] [data-testid="stCaptionContainer"] { font-size: 0.95rem; }
+</style>"""
+
+
+def presenter() -> bool:
+    """Is presenter mode on? Views then show fewer controls and projector-safe colours."""
+    return bool(st.session_state.get(PRESENTER, False))
+
+
+def colormap(kind: str = "maps") -> str:
+    """The colour scale views use for ``kind`` ("maps": activations, "heat": attribution heatmaps)."""
+    if kind not in COLORMAPS:
+        raise ValueError(f"unknown colour-scale kind {kind!r}; use one of {', '.join(COLORMAPS)}")
+    return COLORMAPS[kind][presenter()]
+
+
+def _presenter_sidebar():
+    on = st.sidebar.toggle("Presenter mode", key=PRESENTER,
+                           help="For a projector: larger type, colour scales that survive a projector, fewer "
+                                "controls, and the sidebar closes (» at the top left opens it again).")
+    # A second st.set_page_config is allowed mid-session, and Streamlit 1.67 applies a *changed*
+    # initial_sidebar_state at once. But once the user has opened or closed the sidebar by hand, the
+    # browser stores that choice and it wins over the app's: then the sidebar stays as the user left it.
+    st.set_page_config(initial_sidebar_state="collapsed" if on else "auto")
+    if on:
+        st.html(PRESENTER_CSS)
+        st.sidebar.caption("Sidebar still open? Close it with « at its top: this browser remembers your "
+                           "own choice over the app's.")
+
+
+# -- views shared by the pages and the tour -----------------------------------------------------
+# Each draws one view of the current image where it is called. ``key`` prefixes its widgets' keys,
+# so a page and the tour keep separate settings; ``controls=False`` fixes the settings instead of
+# offering widgets (the tour). Presenter mode hides colour pickers and downloads.
+
+def view_input(sel: Selection) -> None:
+    """The photo and the picture the network reads (resized as its preprocessing says)."""
+    model = sel.model
+    left, right = st.columns(2)
+    left.image(sel.image, caption=f"Your image ({sel.image_name}), {sel.image.width}×{sel.image.height} px",
+               width="stretch")
+    right.image(model.preprocessing.resized(sel.image),
+                caption=f"What the model sees: {model.preprocessing.describe()}", width="stretch")
+
+
+def view_predictions(sel: Selection, k: int) -> list[tuple[str, float]]:
+    """The top-``k`` bar chart; returns the predictions shown."""
+    from xviz.figures import topk_bar
+
+    preds = predictions(sel.model.key, sel.image_key, k, sel.model, sel.image)
+    st.plotly_chart(topk_bar(preds), width="stretch")
+    return preds
+
+
+def _flow_rows(sel: Selection):
+    model, size = sel.model, sel.model.input_size
+    cap = flow_capture(model.key, sel.image_key, size, model, sel.image)
+    return cap, {r.name: r for r in layer_table(model.key, size, model)}
+
+
+def view_layer_numbers(sel: Selection, layer: str) -> None:
+    """What ``layer`` is, its shape, stride, sparsity and range, and where it sits in the size strip."""
+    from xviz import flows
+
+    model, size = sel.model, sel.model.input_size
+    cap, rows = _flow_rows(sel)
+    info = rows[layer]
+    stats, _ = layer_summary(model.key, sel.image_key, size, layer, cap)
+    st.caption(f"**{layer}** — {flows.KIND_TEXT[info.kind]}. "
+               + ("Kept from the forward pass." if info.stored else
+                  f"Computed from `{cap.plan[layer].source}` exactly as the network does (no rerun).")
+               + " Maps are stored as float16 for display (about 3 significant digits).")
+    m = st.columns(4)
+    m[0].metric("Shape (H×W×C)", info.shape_text)
+    m[1].metric("Stride from the input", f"{info.stride}× smaller")
+    m[2].metric("Zeros after ReLU", f"{stats.zero_after_relu:.0%}",
+                help="For a ReLU layer: the share of values that are exactly 0. For any other layer: the "
+                     "share the next ReLU would set to 0 (values ≤ 0).")
+    m[3].metric("Value range", f"{stats.vmin:.3g} … {stats.vmax:.3g}")
+    view_size_strip(sel, layer)
+
+
+def view_size_strip(sel: Selection, layer: str) -> None:
+    """The input-to-exit strip of map sizes, ``layer``'s stage highlighted."""
+    from xviz import flows
+    from xviz.figures import maps as M
+
+    size = sel.model.input_size
+    table = layer_table(sel.model.key, size, sel.model)
+    info = next(r for r in table if r.name == layer)
+    highlight = ("middle flow ×8" if info.flow == "middle_flow" else
+                 (layer.replace("_act", "") if info.block == "block1" else info.block))
+    st.plotly_chart(M.size_strip(flows.size_stages(table, size), highlight=highlight),
+                    width="stretch", config={"displayModeBar": False})
+    st.caption(f"Each square is a block's output, its side the map's size (square-root scale). `{layer}` is "
+               f"{info.shape_text}: {info.height * info.width * info.channels:,} numbers for "
+               f"{size * size * 3:,} in the input.")
+
+
+def view_channel_grid(sel: Selection, layer: str, *, key: str = "fm", controls: bool = True,
+                      sort: str = "index", count: int = 128, title: str | None = None):
+    """The channels of ``layer`` as one grid image. Returns (channel order shown, colour scale).
+
+    With ``controls`` the order, colour scale, colours and count are widgets (``{key}_sort``,
+    ``{key}_norm``, ``{key}_cmap``, ``{key}_count``); without, ``sort`` and ``count`` are used.
+    """
+    from xviz import flows
+    from xviz.figures import maps as M
+
+    model, size = sel.model, sel.model.input_size
+    cap, rows = _flow_rows(sel)
+    info = rows[layer]
+    _, orders = layer_summary(model.key, sel.image_key, size, layer, cap)
+    st.subheader(f"The {info.channels:,} channels of {layer}" if title is None else title)
+    normalise, cmap, count = "channel", colormap("maps"), min(count, info.channels)
+    if controls:
+        g = st.columns([2, 2, 1, 2])
+        sort = g[0].selectbox("Order", list(flows.SORTS), format_func=flows.SORTS.get, key=f"{key}_sort")
+        normalise = g[1].radio("Colour scale", list(M.NORMALISATIONS), horizontal=True, key=f"{key}_norm",
+                               format_func=lambda k: {"channel": "per channel", "shared": "shared"}[k],
+                               help=" · ".join(M.NORMALISATIONS.values()))
+        if not presenter():
+            cmap = g[2].selectbox("Colours", M.COLORMAPS, key=f"{key}_cmap")
+        count = g[3].slider("Channels shown", 1, info.channels, min(info.channels, 128), key=f"{key}_count")
+    grid, layout = channel_grid(model.key, sel.image_key, size, layer, sort, normalise, cmap, count, cap,
+                                orders[sort])
+    st.image(grid,
+             caption=f"{count} of {info.channels} channels, {flows.SORTS[sort]}, read left to right; "
+                     f"{M.NORMALISATIONS[normalise]}"
+                     + (f". Tiles are shrunk to {layout.tile} px (each pixel the mean of a box)."
+                        if layout.downsampled else "."))
+    if not presenter():
+        st.download_button("Download the grid (PNG)", grid, f"{layer}_grid.png", "image/png", key=f"{key}_grid_png")
+    return orders[sort], cmap
+
+
+def view_residual(sel: Selection, block: str, *, key: str = "fm", channel: int = 0, controls: bool = True) -> None:
+    """Branch + shortcut = sum for one channel of residual block ``block``, checked on the stored maps."""
+    from xviz import flows
+    from xviz.figures import maps as M
+
+    cap, _ = _flow_rows(sel)
+    rv = flows.residual_view(cap, block)
+    st.subheader(f"The residual connection of {block}")
+    st.markdown(
+        "The block's branch computes a *correction*; the shortcut carries "
+        + ("**the block's input, unchanged** (identity)" if rv.identity else
+           "**the input through a 1×1 convolution with stride 2 and BN** (to match the new size)")
+        + f", and `{rv.total_name}` is their sum. Channel by channel: sum = branch + shortcut.")
+    rc = min(channel, rv.total.shape[0] - 1)
+    if controls:
+        rc = st.number_input("Channel", 0, rv.total.shape[0] - 1, rc, key=f"{key}_res_channel")
+    shortcut = "+ shortcut (the input itself)" if rv.identity else f"+ shortcut (1×1 conv of {rv.input_name})"
+    parts = [("branch", rv.branch_name, rv.branch), (shortcut, rv.shortcut_name, rv.shortcut),
+             ("= sum", rv.total_name, rv.total)]
+    st.image(M.tiles([a[rc] for _, _, a in parts], side=200), width=200, output_format="PNG",
+             caption=[f"{role}: {name}, ch {rc}" for role, name, _ in parts])
+    st.caption("Blue negative, red positive, one shared scale. Check on the stored maps: "
+               f"max |branch + shortcut − sum| = {rv.max_error:.2g} for values up to {rv.scale:.3g} — "
+               + ("equal within float16 rounding ✓" if rv.tolerance_ok else "LARGER than float16 rounding allows ✗"))
+
+
+def view_separable(sel: Selection, name: str, *, key: str = "sep", controls: bool = True, bn: bool = True,
+                   heading=None) -> None:
+    """Separable conv ``name`` opened up on the current image: depthwise, pointwise (its sum checked)
+    and, with ``bn``, batch normalisation and ReLU. ``heading`` draws the section titles (st.header).
+
+    Without ``controls``: 12 input channels (8 in presenter mode), channel 0 checked, the output
+    channel with the highest mean taken apart into its 6 largest contributions.
+    """
+    import numpy as np
+
+    from xviz import flows
+    from xviz.figures import maps as M
+
+    heading = heading or st.header
+    model, size = sel.model, sel.model.input_size
+    cap = flow_capture(model.key, sel.image_key, size, model, sel.image)
+    cmap, show_downloads = colormap("maps"), not presenter()
+    anat = flows.separable_anatomy(model, cap, name)
+    cin, cout, (h, w) = anat.in_channels, anat.out_channels, anat.pointwise.shape[1:]
+    st.caption(f"Reads `{anat.info.input}` ({h}×{w}×{cin}) and writes {h}×{w}×{cout}. Maps are stored as "
+               "float16 for display; the checks below allow for that rounding.")
+
+    heading("1 · Depthwise: one 3×3 filter per input channel")
+    st.latex(r"D_c = K_c \ast X_c \qquad c = 1,\dots," + str(cin))
+    n = min(cin, 8 if presenter() else 12)
+    if controls:
+        n = st.slider("Input channels shown", 1, min(cin, 64), n, key=f"{key}_n")
+    cols = st.columns([2, 1, 2])
+    grid_in, _ = M.channel_grid(anat.inputs[:n], cmap=cmap, max_width=400, min_tile=56)
+    grid_k, _ = M.channel_grid(anat.kernels[:n], normalise="shared", cmap="RdBu_r", max_width=200,
+                               vrange=M.symmetric_range(anat.kernels[:n]), min_tile=30, gap_colour=200)
+    grid_dw, _ = M.channel_grid(anat.depthwise[:n], cmap=cmap, max_width=400, min_tile=56)
+    grid_in, grid_k, grid_dw = M.png_bytes(grid_in), M.png_bytes(grid_k), M.png_bytes(grid_dw)
+    cols[0].image(grid_in, caption=f"input channels 0–{n - 1} ({anat.info.input})")
+    cols[1].image(grid_k, caption="their 3×3 kernels (blue −, red +)")
+    cols[2].image(grid_dw, caption=f"depthwise maps 0–{n - 1}: same order, same count")
+    c = st.number_input("Check one channel", 0, cin - 1, 0, key=f"{key}_dw_channel") if controls else 0
+    err = flows.depthwise_check(anat, c)
+    st.caption(f"Depthwise map {c} recomputed from input channel {c} and kernel {c} **alone**: max difference "
+               f"{err:.2g} (values up to {np.abs(anat.depthwise[c]).max():.3g}). {cin} input channels give "
+               f"exactly {anat.depthwise.shape[0]} depthwise maps, using {cin * 9:,} weights.")
+    if show_downloads:
+        for col, (img, label) in zip(st.columns(3), [(grid_in, "inputs"), (grid_k, "kernels"),
+                                                     (grid_dw, "depthwise")]):
+            col.download_button(f"Download {label} (PNG)", img, f"{name}_{label}.png", "image/png",
+                                key=f"{key}_{label}_png")
+
+    heading("2 · Pointwise: every output mixes all depthwise maps")
+    st.latex(r"Y_o = \sum_{c=1}^{" + str(cin) + r"} W_{o,c}\, D_c \qquad o = 1,\dots," + str(cout))
+    order = flows.channel_order(anat.pointwise, "mean")
+    shown = min(cout, 128 if controls else 64)
+    grid_pw = M.png_bytes(M.channel_grid(anat.pointwise, order[:shown], cmap=cmap)[0])
+    st.image(grid_pw, caption=f"{shown} of the {cout} pointwise outputs, highest mean first ({cin * cout:,} weights)")
+    if show_downloads:
+        st.download_button("Download pointwise maps (PNG)", grid_pw, f"{name}_pointwise.png", "image/png",
+                           key=f"{key}_pointwise_png")
+
+    o, k = int(order[0]), min(cin, 6)
+    if controls:
+        o = st.selectbox("Output channel to take apart", [int(i) for i in order], key=f"{key}_out",
+                         help="Listed by mean activation, highest first.")
+        k = st.slider("Largest contributions shown", 1, min(cin, 12), k, key=f"{key}_k")
+    con = flows.pointwise_contributions(anat, o, k)
+    labels = [f"ch {c} × {wt:+.3f} ({sh:.1%})" for c, wt, sh in zip(con.top, con.top_weights, con.share[:k])]
+    st.image(M.tiles(list(con.top_maps), side=112), caption=labels, width=112, output_format="PNG")
+    st.image(M.tiles([con.rest, con.reconstruction, con.output], side=112),
+             caption=[f"+ the other {cin - k} ({1 - con.share[:k].sum():.0%})", "= sum of all", f"network's Y_{o}"],
+             width=112, output_format="PNG")
+    lo_top, hi_top = M.symmetric_range(*con.top_maps)
+    st.caption(f"Row 1: the {k} largest terms W[o,c]·D_c of output channel {o}, {con.share[:k].sum():.0%} of the "
+               f"total |contribution| (colour scale ±{hi_top:.2g}). Row 2: everything else, the sum of all {cin} "
+               "terms and the network's output, on one shared scale. Blue negative, red positive. "
+               + ("No single channel dominates: the output really is a mix of many." if con.share[0] < 0.1 else ""))
+    verdict = (f"Sum of all {cin} contributions vs the network's own output channel {o}: max difference "
+               f"**{con.max_error:.2g}** for values up to {con.scale:.3g} ({con.relative_error:.2%}).")
+    if con.tolerance_ok:
+        st.success(verdict + " Equal within float16 storage rounding ✓")
+    else:
+        st.error(verdict + " Larger than float16 rounding allows ✗")
+    if not bn:
+        return
+
+    heading("3 · Batch normalisation, then ReLU")
+    p = anat.bn
+    st.latex(r"\mathrm{BN}(Y_o) = \gamma_o\,\frac{Y_o-\mu_o}{\sqrt{\sigma_o^2+\varepsilon}}+\beta_o"
+             rf" = {p.gamma[o]:.3f}\cdot\frac{{Y_{{{o}}} - ({p.mean[o]:.3f})}}{{\sqrt{{{p.var[o]:.4f} + {p.eps:g}}}}}"
+             rf" + ({p.beta[o]:.3f})")
+    relu_next = [e.name for e in cap.plan.values() if e.source == anat.info.bn and e.derive == "relu"]
+    st.markdown("BN shifts and scales the *whole sum*, one number pair per output channel, learnt in training "
+                "(μ and σ² are the training data's statistics). There is **no** non-linearity between "
+                "depthwise and pointwise: the paper found that works better. "
+                + (f"Next, `{relu_next[0]}` sets the negative values to zero." if relu_next else
+                   f"Next comes the block's end (`{anat.info.block}_add`, after max-pooling if the block "
+                   "downsamples): the residual sum, before the next block's ReLU."))
+    maps_bn = [con.reconstruction, con.bn_output] + ([np.maximum(con.bn_output, 0)] if relu_next else [])
+    st.image([M.tiles([m], side=160)[0] for m in maps_bn], width=160, output_format="PNG",
+             caption=[f"{t}: {m.min():.3g} … {m.max():.3g}" for t, m in
+                      zip([f"Y_{o}", f"BN(Y_{o})", f"ReLU(BN(Y_{o}))"], maps_bn)])
+    st.caption("Each tile on its own scale, zero white: BN moves zero and stretches the range; ReLU then "
+               "keeps only the positive part.")
