@@ -125,23 +125,3 @@ def offline(monkeypatch, tmp_path) -> Path:
     monkeypatch.setattr(socket, "create_connection", _no_network)
     monkeypatch.setattr(socket.socket, "connect", _no_network)
     return home
-
-
-@pytest.fixture(autouse=True)
-def _apptest_uses_st_navigation(monkeypatch):
-    """Make AppTest treat the app as what it is: an ``st.navigation`` app.
-
-    AppTest (Streamlit 1.67) resets ``PagesManager.uses_pages_directory`` before every run, and a
-    ``pages/`` folder next to ``app.py`` flips it back to legacy multipage mode: every run after the
-    first then executes the page file alone, without the entrypoint's sidebar, so widget state is
-    dropped. The real server sets the flag to False once ``st.navigation`` runs and keeps it.
-    """
-    from streamlit.runtime.pages_manager import PagesManager
-
-    original = PagesManager.__init__
-
-    def init(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        PagesManager.uses_pages_directory = False
-
-    monkeypatch.setattr(PagesManager, "__init__", init)

@@ -82,31 +82,12 @@ def app():
     The demo model is chosen explicitly so the answer doesn't depend on whether ImageNet weights
     happen to be cached on this machine.
     """
-    with pytest.MonkeyPatch.context() as mp:
-        apptest_uses_st_navigation(mp)
-        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
-        at.session_state["model_source"] = "kitchenware"
-        at.run()
-        at.sidebar.radio(key="image_source").set_value("Upload").run()
-        assert not at.exception
-        yield at
-
-
-def apptest_uses_st_navigation(mp: pytest.MonkeyPatch) -> None:
-    """conftest's autouse ``_apptest_uses_st_navigation``, for module scope.
-
-    A module-scoped fixture is set up before function-scoped autouse fixtures, so without this its
-    second run would execute pages/predict.py alone (AppTest's legacy-``pages/`` mode), sidebar-less.
-    """
-    from streamlit.runtime.pages_manager import PagesManager
-
-    original = PagesManager.__init__
-
-    def init(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        PagesManager.uses_pages_directory = False
-
-    mp.setattr(PagesManager, "__init__", init)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.session_state["model_source"] = "kitchenware"
+    at.run()
+    at.sidebar.radio(key="image_source").set_value("Upload").run()
+    assert not at.exception
+    yield at
 
 
 def upload(at: AppTest, case: Case) -> AppTest:
