@@ -10,6 +10,7 @@ from __future__ import annotations
 import builtins
 import io
 import os
+import re
 import pickle
 import shlex
 import uuid
@@ -180,4 +181,5 @@ def test_upload_name_is_never_a_path(app, tmp_path, monkeypatch, state_dict, hea
     assert not Path("/etc/xviz-evil.safetensors").exists()
     weights_line = next(m.value for m in at.sidebar.markdown if m.value.startswith("**Weights:**"))
     shown = weights_line.split("Your weights: ", 1)[1].split(" (", 1)[0]
-    assert shown == Path(name).name and "/" not in shown, shown  # only the name's last component is shown
+    # only the name's last component is shown, whichever separator the uploader's OS used
+    assert shown == re.split(r"[\\/]", name)[-1] and not set(shown) & set("/\\"), shown

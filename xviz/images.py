@@ -32,7 +32,7 @@ def load_image(data: bytes, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
     if len(data) == 0:
         raise ImageError("The file is empty. Choose a photo (JPEG or PNG) and upload it again.")
     if len(data) > MAX_BYTES:
-        raise ImageError(f"The file is {len(data) / 2**20:.0f} MB; images up to {MAX_BYTES // 2**20} MB "
+        raise ImageError(f"The file is {len(data) / 2**20:.1f} MB; images up to {MAX_BYTES // 2**20} MB "
                          "are accepted. Save a smaller copy of the photo and upload that.")
     try:
         # PIL only warns between 89 and 179 MP; our own, lower limit below applies before decoding.

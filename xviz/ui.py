@@ -10,10 +10,13 @@ tensors or modules.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import streamlit as st
 from PIL import Image
@@ -73,7 +76,7 @@ def _builtin_model(source: str, _progress=None) -> xviz.LoadedModel:
 
 
 @st.cache_resource(show_spinner=False, max_entries=2)
-def _uploaded_model(weights_sha: str, labels_sha: str, _weights: tuple[str, bytes],
+def _uploaded_model(weights_sha: str, labels_sha: str, display_name: str, _weights: tuple[str, bytes],
                     _labels: tuple[str, bytes] | None) -> xviz.LoadedModel:
     """A model from uploaded bytes. The upload's name never becomes a path: only its extension is
     kept (from an allow-list) on a temp file xviz creates itself."""
@@ -94,11 +97,14 @@ def _uploaded_model(weights_sha: str, labels_sha: str, _weights: tuple[str, byte
                 raise xviz.LabelsError("The labels file is not UTF-8 text. Save it as plain text, "
                                        "one class name per line.") from None
             labels = xviz.loaded.parse_labels(text, labels_name.lower().endswith(".json"))
-        return xviz.load_file(path, labels=labels, display_name=_safe_display(name))
+        return xviz.load_file(path, labels=labels, display_name=display_name)
 
 
 def _safe_display(name: str) -> str:
-    return "".join(c for c in Path(name).name if c.isprintable())[:80] or "uploaded file"
+    """An uploaded file's name as shown in Markdown: last path part, word characters, '.', '-' and
+    spaces only, so a name can't become a link, a path or markup."""
+    base = re.split(r"[\\/]", name)[-1]
+    return re.sub(r"[^\w.\- ]", "", base)[:80].strip() or "uploaded file"
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -130,7 +136,7 @@ def load_selected_model() -> xviz.LoadedModel | None:
         labels = st.session_state.get(LABELS_UPLOAD)
         try:
             return _uploaded_model(sha256(upload[1]), sha256(labels[1]) if labels else "",
-                                   upload, labels)
+                                   _safe_display(upload[0]), upload, labels)
         except XvizError as exc:
             st.session_state[MODEL_ERROR] = str(exc)
             return None
@@ -193,8 +199,12 @@ def _image_sidebar():
             st.session_state[SEEN_UPLOAD] = up.file_id
             _set_image(up.getvalue(), f"upload: {_safe_display(up.name)}")
     else:
-        st.sidebar.caption("The camera works when the app is opened on localhost or over HTTPS; "
-                           "on plain http from another machine the browser blocks it.")
+        blocked = camera_blocked(st.context.url)
+        if blocked:
+            st.sidebar.warning(blocked)
+        else:
+            st.sidebar.caption("The camera works when the app is opened on localhost or over HTTPS; "
+                               "on plain http from another machine the browser blocks it.")
         shot = st.sidebar.camera_input("Take a photo", key="camera")
         if shot is not None and st.session_state.get(SEEN_UPLOAD) != shot.file_id:
             st.session_state[SEEN_UPLOAD] = shot.file_id
