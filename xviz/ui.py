@@ -217,6 +217,28 @@ def _image_sidebar():
         _set_image(first[1].read_bytes(), f"example: {first[0]}")
 
 
+def camera_blocked(url: str | None) -> str | None:
+    """Why the browser will refuse the camera to a page at ``url``, or None if it allows it.
+
+    Browsers give the camera (getUserMedia) only to secure contexts: https, or http on a loopback
+    host (localhost, 127.x.x.x, [::1]). ``url`` is what the browser shows (``st.context.url``).
+    """
+    if not url:
+        return None
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if parts.scheme == "https" or host == "localhost" or host.endswith(".localhost"):
+        return None
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:  # a host name, not an address
+        pass
+    return (f"The camera can't work here: this page was opened over plain http from {parts.netloc}, and "
+            "browsers allow the camera only on localhost or over HTTPS. Open the app on the computer that "
+            "runs it (http://localhost…), serve it over HTTPS, or upload a photo instead.")
+
+
 def _model_sidebar():
     st.sidebar.subheader("Model")
     st.sidebar.selectbox("Weights", list(MODEL_CHOICES), format_func=MODEL_CHOICES.get, key=MODEL_SOURCE)
