@@ -458,7 +458,7 @@ def capture_views(model, x: torch.Tensor, *, dtype=STORE_DTYPE) -> FlowCapture:
         dtype: storage type of the maps; float16 (default) for display, float32 for exact numbers.
 
     Returns:
-        a :class:`FlowCapture`; ~82 MB at 299 px in float16, ~21 MB at 150 px.
+        a :class:`FlowCapture`; ~82 MB at 299 px in float16, ~19 MB at 150 px.
     """
     if x.dim() != 4 or x.shape[0] != 1 or x.shape[1] != 3:
         raise ValueError(f"expected one preprocessed image of shape (1, 3, S, S), got {tuple(x.shape)}")
