@@ -273,20 +273,27 @@ class Xception(nn.Module):
 
     # -- Keras names ---------------------------------------------------------------------------
 
+    def _names(self) -> dict[str, str]:
+        # built once: the structure is fixed after __init__, and a hooked capture looks up ~90 names
+        names = self.__dict__.get("_keras_name_map")
+        if names is None:
+            names = self.__dict__["_keras_name_map"] = _keras_names(self)
+        return names
+
     def layer_names(self) -> list[str]:
         """Every addressable layer, in forward order, by its Keras (or documented) name."""
-        return list(_keras_names(self))
+        return list(self._names())
 
     def layer(self, name: str) -> nn.Module:
         """The module whose output is the Keras layer ``name`` (e.g. ``block14_sepconv2_act``)."""
-        path = _keras_names(self).get(name)
+        path = self._names().get(name)
         if path is None:
             raise KeyError(f"no layer named {name!r}; see Xception.layer_names()")
         return self.get_submodule(path)
 
     def module_path(self, name: str) -> str:
         """Dotted module path of a Keras layer name (``block5_sepconv1`` -> ``middle_flow.block5.sepconv1``)."""
-        path = _keras_names(self).get(name)
+        path = self._names().get(name)
         if path is None:
             raise KeyError(f"no layer named {name!r}; see Xception.layer_names()")
         return path
