@@ -15,6 +15,7 @@ st.set_page_config(page_title="xviz — how Xception sees", page_icon="👁️",
 PAGES = {
     "Look": [
         st.Page("pages/predict.py", title="Predict", icon=":material/label:", default=True),
+        st.Page("pages/gradcam.py", title="Where it looks (Grad-CAM)", icon=":material/center_focus_strong:"),
     ],
     "Inside": [
         st.Page("pages/architecture.py", title="Architecture", icon=":material/account_tree:"),

@@ -7,6 +7,7 @@
 """
 
 from .activations import activations, capture
+from .attributions import gradcam  # noqa: F401  (the other methods: xviz.attributions)
 from .errors import ImageError, LabelsError, WeightsError, WeightsUnavailableError, XvizError
 from .images import load_image
 from .loaded import LoadedModel, imagenet_labels, load_file, load_model

@@ -677,3 +677,178 @@ def view_separable(sel: Selection, name: str, *, key: str = "sep", controls: boo
                       zip([f"Y_{o}", f"BN(Y_{o})", f"ReLU(BN(Y_{o}))"], maps_bn)])
     st.caption("Each tile on its own scale, zero white: BN moves zero and stretches the range; ReLU then "
                "keeps only the positive part.")
+
+
+# -- attributions: where the network looks (pages/gradcam.py, xviz.attributions) ----------------
+# Maps, deletion curves and randomisation checks are kept in one process-wide LRU rather than
+# st.cache_data: the slow methods report progress into an st.progress bar drawn outside the
+# computation, which cache_data would record and fail to replay. Keys are small values only:
+# (kind, model key, image sha256, input size, method, layer, target, options).
+
+class _ResultStore:
+    """A thread-safe LRU shared by every session; stored arrays are made read-only."""
+
+    def __init__(self, max_entries: int):
+        import threading
+        from collections import OrderedDict
+
+        self._data, self._lock, self._max = OrderedDict(), threading.Lock(), max_entries
+
+    def get(self, key):
+        with self._lock:
+            if key in self._data:
+                self._data.move_to_end(key)
+                return self._data[key]
+        return None
+
+    def put(self, key, value):
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self._max:
+                self._data.popitem(last=False)
+        return value
+
+
+@st.cache_resource(show_spinner=False)
+def _attribution_store() -> _ResultStore:
+    return _ResultStore(max_entries=96)  # ~35 MB of 299 px float32 maps at most
+
+
+def _stored(key: tuple, compute, what: str):
+    """The stored result for ``key``, or ``compute(progress)`` with a progress bar while it runs."""
+    store = _attribution_store()
+    hit = store.get(key)
+    if hit is not None:
+        return hit
+    bar = st.empty()
+
+    def progress(done: int, total: int):
+        bar.progress(min(done / max(total, 1), 1.0), text=f"{what}: {done} of {total}")
+
+    try:
+        with st.spinner(f"{what}…"):
+            value = compute(progress)
+    finally:
+        bar.empty()
+    return store.put(key, value)
+
+
+def _frozen(arr):
+    arr.setflags(write=False)  # shared across sessions: nobody may draw on it in place
+    return arr
+
+
+def attribution_map(sel: Selection, method: str, layer: str, target: int, options: tuple = ()):
+    """(H, W) float32 numpy map of ``method`` for class ``target`` (cached per model/image/settings).
+
+    ``options`` is a tuple of (keyword, value) pairs for the method (steps, window, samples).
+    """
+    from xviz import attributions as A
+
+    spec = A.METHODS[method]
+    layer = layer if spec.uses_layer else ""
+    key = ("map", sel.model.key, sel.image_key, sel.model.input_size, method, layer, target, options)
+    x = sel.model.preprocess(sel.image)
+    return _stored(key, lambda progress: _frozen(A.attribute(
+        sel.model, x, target, method, layer=layer or A.DEFAULT_LAYER, progress=progress,
+        **dict(options)).numpy()), f"Computing {spec.title}")
+
+
+def attribution_deletion(sel: Selection, method: str, layer: str, target: int, options: tuple = ()):
+    """xviz.attributions.DeletionCurve of the cached map (same key as :func:`attribution_map`)."""
+    from xviz import attributions as A
+
+    heat = attribution_map(sel, method, layer, target, options)
+    layer = layer if A.METHODS[method].uses_layer else ""
+    key = ("deletion", sel.model.key, sel.image_key, sel.model.input_size, method, layer, target, options)
+    x = sel.model.preprocess(sel.image)
+    return _stored(key, lambda progress: A.deletion_curve(sel.model, x, heat, target, progress=progress),
+                   "Deleting pixels, most relevant first")
+
+
+def attribution_randomisation(sel: Selection, method: str, layer: str, target: int, options: tuple = (),
+                              stages: tuple[str, ...] | None = None):
+    """xviz.attributions.RandomisationCheck on a randomised copy (the shared model is not touched)."""
+    from xviz import attributions as A
+
+    layer = layer if A.METHODS[method].uses_layer else ""
+    key = ("randomise", sel.model.key, sel.image_key, sel.model.input_size, method, layer, target, options,
+           stages)
+    x = sel.model.preprocess(sel.image)
+    return _stored(key, lambda progress: A.randomisation_check(
+        sel.model, x, target, method, layer=layer or A.DEFAULT_LAYER, stages=stages, progress=progress,
+        **dict(options)), "Randomising the network from the head down")
+
+
+SLOW_CASCADE = ("head", "block14", "block13", "block12", "block8", "block4", "block1")  # 7 maps, not 15
+
+
+def pick_attribution_target(sel: Selection, where=st, *, key: str = "gc") -> int:
+    """The class to explain: one of the top guesses, or any label by search. Returns its index."""
+    model = sel.model
+    preds = predictions(model.key, sel.image_key, min(5, len(model.labels)), model, sel.image)
+    if where.toggle("Any class (search by name)", key=f"{key}_any",
+                    help="Off: the model's top guesses. On: every class it knows; type to search."):
+        return where.selectbox("Class to explain", range(len(model.labels)), format_func=model.labels.__getitem__,
+                               index=model.labels.index(preds[0][0]), key=f"{key}_label")
+    probs = dict(preds)
+    label = where.selectbox("Class to explain", list(probs), key=f"{key}_top",
+                            format_func=lambda lab: f"{lab} ({probs[lab]:.0%})")
+    return model.labels.index(label)
+
+
+def attribution_options(method: str, size: int, *, key: str = "gc") -> dict:
+    """Widgets for the settings of a slow method (steps, noisy copies, window); {} for fast ones."""
+    from xviz import attributions as A
+
+    if not A.METHODS[method].slow:
+        return {}
+    options = {}
+    with st.expander("Settings of this slow method", expanded=False):
+        if method == "integrated_gradients":
+            options["steps"] = st.slider("Steps from grey to the image", 4, 64, A.DEFAULT_IG_STEPS, key=f"{key}_steps")
+            options["smooth_samples"] = st.slider("SmoothGrad noisy copies (0: off)", 0, 8, 0, key=f"{key}_ig_smooth")
+        elif method == "occlusion":
+            window, _ = A.occlusion_window(size)
+            options["window"] = st.slider("Grey square (px)", 4, size // 2, window, key=f"{key}_window")
+        elif method == "smoothgrad":
+            options["samples"] = st.slider("Noisy copies", 2, 32, 16, key=f"{key}_samples")
+    return options
+
+
+def view_attribution_trust(sel: Selection, method: str, layer: str, target: int, options: tuple = ()) -> None:
+    """Deletion curve and model-randomisation check of one map, each with a one-line reading."""
+    from xviz import attributions as A
+    from xviz.figures import attribution as F
+
+    spec = A.METHODS[method]
+    left, right = st.columns(2)
+    curve = attribution_deletion(sel, method, layer, target, options)
+    left.plotly_chart(F.deletion_figure(curve, title="Deletion: most relevant patches first"), width="stretch")
+    if curve.faithful:
+        left.success(f"**Reading:** the probability falls faster when the map's top patches go first (area "
+                     f"{curve.area_relevant:.2f} vs {curve.area_random:.2f} for random order): the map points "
+                     "at evidence the model really uses.")
+    else:
+        left.warning(f"**Reading:** on this image, greying out the map's top patches first lowers the "
+                     f"probability no faster than random patches (area {curve.area_relevant:.2f} vs "
+                     f"{curve.area_random:.2f}): here the map is not a reliable guide to the evidence.")
+    check = attribution_randomisation(sel, method, layer, target, options, SLOW_CASCADE if spec.slow else None)
+    right.plotly_chart(F.randomisation_figure(check, title="Randomisation: weights scrambled from the top"),
+                       width="stretch")
+    last = check.spearman[-1]
+    if last != last or abs(last) < 0.5:
+        right.success("**Reading:** with random weights the map " + ("goes blank" if last != last else
+                      f"no longer resembles the original (ρ = {last:.2f})") + ": it depends on what the network "
+                      "learned, as an explanation should.")
+    else:
+        right.warning(f"**Reading:** the map still resembles the original with random weights (ρ = {last:.2f}): "
+                      "it shows the image's structure more than the model's reasoning.")
+    picks = [i for i, s in enumerate(check.stages) if s in ("head", "block13", "block8", "block4", "block1")]
+    look = dict(cmap=colormap("heat"), signed=spec.signed, percentile=100.0 if spec.uses_layer else 99.5)
+    strip = [F.heatmap_image(check.original, **look)] + [F.heatmap_image(check.maps[i], **look) for i in picks]
+    titles = ["trained"] + [f"random to {check.stages[i]}" for i in picks]
+    st.image(F.side_by_side(strip, titles, font_size=12), width="stretch",
+             caption="The same map as more and more of the network is scrambled, from the head down (each "
+                     "on its own colour scale; an all-dark tile is a blank map: nothing left to rank).")
