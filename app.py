@@ -25,6 +25,7 @@ PAGES = {
     "Count": [
         st.Page("pages/parameters.py", title="Parameters and compute", icon=":material/calculate:"),
     ],
+    "Class": [st.Page("pages/tour.py", title="Guided tour", icon=":material/school:")],
 }
 
 page = st.navigation(PAGES)

@@ -1,12 +1,9 @@
 """Grad-CAM and attributions: where the network looks, and whether to believe the heatmap."""
 
-import dataclasses
-
 import streamlit as st
 
 from xviz import attributions as A
 from xviz import ui
-from xviz.figures import attribution as F
 
 ui.page_header("Where is the network looking?",
                "A heatmap over the photo shows which places raised the score of one class. Pick the "
@@ -46,48 +43,7 @@ if layer in shapes:
 options = ui.attribution_options(method, size, key="gc")
 
 # -- the maps -------------------------------------------------------------------------------------
-c0, c1, c2 = st.columns([2, 3, 2])
-view = c0.radio("View", ["Overlay", "Heatmap only"], horizontal=True, key="gc_view")
-alpha = c1.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key="gc_alpha", disabled=view != "Overlay")
-cmap = ui.colormap("heat") if ui.presenter() else c2.selectbox("Colours", F.COLORMAPS, key="gc_cmap")
-# the picture the model saw, cropped the same way but drawn at a readable size (not upscaled pixels)
-shown_size = max(size, 448)
-seen = dataclasses.replace(model.preprocessing, size=shown_size, resize="bilinear").resized(sel.image)
-
-
-def picture(name):
-    opts = tuple(sorted(options.items())) if name == method else ()
-    heat = ui.attribution_map(sel, name, layer, target, opts)
-    m = A.METHODS[name]
-    look = dict(cmap=cmap, signed=m.signed, percentile=100.0 if m.uses_layer else 99.5)
-    # pixel-level maps are sparse: let their near-zero pixels show the photo (fade)
-    return (F.overlay(seen, heat, alpha=alpha, fade=m.signed or not m.uses_layer, **look) if view == "Overlay"
-            else F.heatmap_image(heat, size=shown_size, **look))
-
-
-label = model.labels[target]
-chosen = [method, *compare]
-shown = [(A.METHODS[n].title, picture(n)) for n in chosen]
-image = F.side_by_side([p for _, p in shown], [t for t, _ in shown], font_size=24) if compare else shown[0][1]
-caption = (f"{' · '.join(t for t, _ in shown)} for **{label}**"
-           + (f" at {layer}" if any(A.METHODS[n].uses_layer for n in chosen) else "")
-           + (". Red: evidence for the class, blue: against." if any(A.METHODS[n].signed for n in chosen) else "."))
-pic, note = (st.container(), st.container()) if compare else st.columns([3, 2])
-pic.image(image, width="stretch", caption=caption)
-if spec.uses_layer and layer in shapes:
-    note.markdown(f"**How to read it.** Warm colours: places that raised the score of **{label}**; cold: "
-                  f"little or nothing. {spec.title} is computed on the {shapes[layer].height}×"
-                  f"{shapes[layer].width} grid of `{layer}` and stretched over the photo: that is why it "
-                  "is smooth. Slide to an earlier layer for a sharper, less class-specific map.")
-else:
-    note.markdown(f"**How to read it.** {spec.summary} The map has one value per input pixel "
-                  f"({size}×{size}); the colours are scaled to its 99.5th percentile so a few extreme "
-                  "pixels don't wash out the rest.")
-if not ui.presenter():
-    settings = {"method": "+".join(chosen), "layer": layer, "class": label, "view": view.split()[0],
-                "alpha": alpha, "cmap": cmap, "size": size, "image": sel.image_key[:8]}
-    note.download_button("Download this picture (PNG)", F.png_bytes(image, settings), F.png_filename(settings),
-                         "image/png", key="gc_png")
+ui.view_attribution(sel, target, method=method, layer=layer, compare=compare, options=options)
 
 # -- trust ----------------------------------------------------------------------------------------
 st.subheader("Can this map be trusted?")

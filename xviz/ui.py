@@ -394,11 +394,12 @@ def layer_summary(model_key: str, image_key: str, input_size: int, layer: str, _
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def channel_grid(model_key: str, image_key: str, input_size: int, layer: str, sort: str, normalise: str,
-                 cmap: str, count: int, _cap, _order):
+                 cmap: str, count: int, _cap, _order, min_tile: int = 24):
     """(PNG bytes, layout) of the layer's first ``count`` channels in ``sort`` order as one grid image."""
     from xviz.figures import maps
 
-    rgb, layout = maps.channel_grid(_cap.map(layer), _order[:count], normalise=normalise, cmap=cmap)
+    rgb, layout = maps.channel_grid(_cap.map(layer), _order[:count], normalise=normalise, cmap=cmap,
+                                    min_tile=min_tile)
     return maps.png_bytes(rgb), layout
 
 
@@ -417,6 +418,18 @@ html { font-size: 20px !important; }
 [data-testid="stMain"] [data-testid="stMarkdownContainer"] :is(p, li) { font-size: 1.2rem; line-height: 1.5; }
 [data-testid="stMain"] [data-testid="stCaptionContainer"] { font-size: 0.95rem; }
 </style>"""
+
+
+def projected(fig, text: int = 18):
+    """``fig`` with type a projector's back row can read, in presenter mode (plotly sizes text in px,
+    so the page's larger root font doesn't reach it); unchanged otherwise. ``text``: the traces' own
+    labels, smaller where they sit side by side."""
+    if presenter():
+        fig.update_layout(font=dict(size=20))
+        fig.update_traces(textfont_size=text)
+        if fig.layout.height:
+            fig.update_layout(height=int(fig.layout.height * 1.4))
+    return fig
 
 
 def presenter() -> bool:
@@ -465,7 +478,7 @@ def view_predictions(sel: Selection, k: int) -> list[tuple[str, float]]:
     from xviz.figures import topk_bar
 
     preds = predictions(sel.model.key, sel.image_key, k, sel.model, sel.image)
-    st.plotly_chart(topk_bar(preds), width="stretch")
+    st.plotly_chart(projected(topk_bar(preds)), width="stretch")
     return preds
 
 
@@ -507,7 +520,7 @@ def view_size_strip(sel: Selection, layer: str) -> None:
     info = next(r for r in table if r.name == layer)
     highlight = ("middle flow ×8" if info.flow == "middle_flow" else
                  (layer.replace("_act", "") if info.block == "block1" else info.block))
-    st.plotly_chart(M.size_strip(flows.size_stages(table, size), highlight=highlight),
+    st.plotly_chart(projected(M.size_strip(flows.size_stages(table, size), highlight=highlight), text=13),
                     width="stretch", config={"displayModeBar": False})
     st.caption(f"Each square is a block's output, its side the map's size (square-root scale). `{layer}` is "
                f"{info.shape_text}: {info.height * info.width * info.channels:,} numbers for "
@@ -539,16 +552,23 @@ def view_channel_grid(sel: Selection, layer: str, *, key: str = "fm", controls: 
         if not presenter():
             cmap = g[2].selectbox("Colours", M.COLORMAPS, key=f"{key}_cmap")
         count = g[3].slider("Channels shown", 1, info.channels, min(info.channels, 128), key=f"{key}_count")
+    # small maps (9×9) are enlarged by whole pixels here, crisply: left to the browser they'd be
+    # stretched to the caption's width and blurred
     grid, layout = channel_grid(model.key, sel.image_key, size, layer, sort, normalise, cmap, count, cap,
-                                orders[sort])
-    st.image(grid,
+                                orders[sort], min_tile=64)
+    st.image(grid, width=_grid_width(layout),
              caption=f"{count} of {info.channels} channels, {flows.SORTS[sort]}, read left to right; "
                      f"{M.NORMALISATIONS[normalise]}"
                      + (f". Tiles are shrunk to {layout.tile} px (each pixel the mean of a box)."
                         if layout.downsampled else "."))
-    if not presenter():
+    if controls and not presenter():
         st.download_button("Download the grid (PNG)", grid, f"{layer}_grid.png", "image/png", key=f"{key}_grid_png")
     return orders[sort], cmap
+
+
+def _grid_width(layout) -> int:
+    """Pixel width of a channel-grid image: show it at that size, not the caption's."""
+    return layout.cols * (layout.tile + layout.gap) - layout.gap
 
 
 def view_residual(sel: Selection, block: str, *, key: str = "fm", channel: int = 0, controls: bool = True) -> None:
@@ -593,7 +613,7 @@ def view_separable(sel: Selection, name: str, *, key: str = "sep", controls: boo
     heading = heading or st.header
     model, size = sel.model, sel.model.input_size
     cap = flow_capture(model.key, sel.image_key, size, model, sel.image)
-    cmap, show_downloads = colormap("maps"), not presenter()
+    cmap, show_downloads = colormap("maps"), controls and not presenter()
     anat = flows.separable_anatomy(model, cap, name)
     cin, cout, (h, w) = anat.in_channels, anat.out_channels, anat.pointwise.shape[1:]
     st.caption(f"Reads `{anat.info.input}` ({h}×{w}×{cin}) and writes {h}×{w}×{cout}. Maps are stored as "
@@ -628,8 +648,9 @@ def view_separable(sel: Selection, name: str, *, key: str = "sep", controls: boo
     st.latex(r"Y_o = \sum_{c=1}^{" + str(cin) + r"} W_{o,c}\, D_c \qquad o = 1,\dots," + str(cout))
     order = flows.channel_order(anat.pointwise, "mean")
     shown = min(cout, 128 if controls else 64)
-    grid_pw = M.png_bytes(M.channel_grid(anat.pointwise, order[:shown], cmap=cmap)[0])
-    st.image(grid_pw, caption=f"{shown} of the {cout} pointwise outputs, highest mean first ({cin * cout:,} weights)")
+    grid_pw, layout_pw = M.channel_grid(anat.pointwise, order[:shown], cmap=cmap, min_tile=64)
+    grid_pw = M.png_bytes(grid_pw)
+    st.image(grid_pw, width=_grid_width(layout_pw), caption=f"{shown} of the {cout} pointwise outputs, highest mean first ({cin * cout:,} weights)")
     if show_downloads:
         st.download_button("Download pointwise maps (PNG)", grid_pw, f"{name}_pointwise.png", "image/png",
                            key=f"{key}_pointwise_png")
@@ -677,6 +698,21 @@ def view_separable(sel: Selection, name: str, *, key: str = "sep", controls: boo
                       zip([f"Y_{o}", f"BN(Y_{o})", f"ReLU(BN(Y_{o}))"], maps_bn)])
     st.caption("Each tile on its own scale, zero white: BN moves zero and stretches the range; ReLU then "
                "keeps only the positive part.")
+
+
+# -- the guided tour (pages/tour.py) ----------------------------------------------------------------
+
+TOUR_REVEALED = "tour_revealed"  # slugs of the tour steps whose answer was revealed
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def tour_facts(model_key: str, input_size: int, _model: xviz.LoadedModel):
+    """xviz.tour.TourFacts of the model at ``input_size``, from the cached tables the other pages use."""
+    from xviz import tour
+
+    table, twin = ledger(model_key, input_size, _model)
+    return tour.facts(_model, layer_table(model_key, input_size, _model),
+                      architecture(model_key, input_size, _model), table, twin)
 
 
 # -- attributions: where the network looks (pages/gradcam.py, xviz.attributions) ----------------
@@ -779,6 +815,70 @@ def attribution_randomisation(sel: Selection, method: str, layer: str, target: i
     return _stored(key, lambda progress: A.randomisation_check(
         sel.model, x, target, method, layer=layer or A.DEFAULT_LAYER, stages=stages, progress=progress,
         **dict(options)), "Randomising the network from the head down")
+
+
+def view_attribution(sel: Selection, target: int, *, method: str = "gradcam", layer: str | None = None,
+                     compare=(), options: dict | None = None, key: str = "gc", controls: bool = True) -> None:
+    """The map of ``method`` for class ``target`` over the picture the model saw (side by side with the
+    methods in ``compare``), and how to read it.
+
+    With ``controls``: view, opacity and colours are widgets (``{key}_view``, ``{key}_alpha``,
+    ``{key}_cmap``) and the picture can be downloaded; without, an overlay at opacity 0.5.
+    """
+    import dataclasses
+
+    from xviz import attributions as A
+    from xviz.figures import attribution as F
+
+    model, size = sel.model, sel.model.input_size
+    layer, options = layer or A.DEFAULT_LAYER, options or {}
+    spec = A.METHODS[method]
+    view, alpha, cmap = "Overlay", 0.5, colormap("heat")
+    if controls:
+        c0, c1, c2 = st.columns([2, 3, 2])
+        view = c0.radio("View", ["Overlay", "Heatmap only"], horizontal=True, key=f"{key}_view")
+        alpha = c1.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key=f"{key}_alpha", disabled=view != "Overlay")
+        if not presenter():
+            cmap = c2.selectbox("Colours", F.COLORMAPS, key=f"{key}_cmap")
+    shapes = {r.name: r for r in layer_table(model.key, size, model)}
+    # the picture the model saw, cropped the same way but drawn at a readable size (not upscaled pixels)
+    shown_size = max(size, 448)
+    seen = dataclasses.replace(model.preprocessing, size=shown_size, resize="bilinear").resized(sel.image)
+
+    def picture(name):
+        opts = tuple(sorted(options.items())) if name == method else ()
+        heat = attribution_map(sel, name, layer, target, opts)
+        m = A.METHODS[name]
+        look = dict(cmap=cmap, signed=m.signed, percentile=100.0 if m.uses_layer else 99.5)
+        # pixel-level maps are sparse: let their near-zero pixels show the photo (fade)
+        return (F.overlay(seen, heat, alpha=alpha, fade=m.signed or not m.uses_layer, **look) if view == "Overlay"
+                else F.heatmap_image(heat, size=shown_size, **look))
+
+    label = model.labels[target]
+    chosen = [method, *compare]
+    shown = [(A.METHODS[n].title, picture(n)) for n in chosen]
+    image = F.side_by_side([p for _, p in shown], [t for t, _ in shown], font_size=24) if compare else shown[0][1]
+    caption = (f"{' · '.join(t for t, _ in shown)} for **{label}**"
+               + (f" at {layer}" if any(A.METHODS[n].uses_layer for n in chosen) else "")
+               + (". Red: evidence for the class, blue: against." if any(A.METHODS[n].signed for n in chosen)
+                  else "."))
+    pic, note = (st.container(), st.container()) if compare else st.columns([3, 2])
+    pic.image(image, width="stretch", caption=caption)
+    if spec.uses_layer and layer in shapes:
+        note.markdown(f"**How to read it.** Warm colours: places that raised the score of **{label}**; cold: "
+                      f"little or nothing. {spec.title} is computed on the {shapes[layer].height}×"
+                      f"{shapes[layer].width} grid of `{layer}` and stretched over the photo: that is why it "
+                      "is smooth." + (" Slide to an earlier layer for a sharper, less class-specific map."
+                                      if controls else ""))
+    else:
+        note.markdown(f"**How to read it.** {spec.summary} The map has one value per input pixel "
+                      f"({size}×{size}); the colours are scaled to its 99.5th percentile so a few extreme "
+                      "pixels don't wash out the rest.")
+    if controls and not presenter():
+        settings = {"method": "+".join(chosen), "layer": layer, "class": label, "view": view.split()[0],
+                    "alpha": alpha, "cmap": cmap, "size": size, "image": sel.image_key[:8]}
+        note.download_button("Download this picture (PNG)", F.png_bytes(image, settings), F.png_filename(settings),
+                             "image/png", key=f"{key}_png")
 
 
 SLOW_CASCADE = ("head", "block14", "block13", "block12", "block8", "block4", "block1")  # 7 maps, not 15
