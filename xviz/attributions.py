@@ -245,10 +245,11 @@ class _Counted(torch.nn.Module):
 
 
 @contextmanager
-def _seeded(seed: int):
+def _seeded(seed: int, device: torch.device | None = None):
     """Seed torch's RNG for the block and restore it after: noise is reproducible, and neither
-    disturbs nor depends on anyone else's use of the global generator."""
-    with torch.random.fork_rng(devices=[]):
+    disturbs nor depends on anyone else's use of the global generator (CPU, and ``device``'s if CUDA)."""
+    cuda = [device.index or 0] if device is not None and device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda, device_type="cuda"):
         torch.manual_seed(seed)
         yield
 
@@ -331,7 +332,7 @@ def smoothgrad(m, x, target: int | str | None = None, *, samples: int = 16, nois
     std = noise * float(x.max() - x.min())
     with _lock(m):
         t = resolve_target(m, x, target)
-        with _seeded(seed):
+        with _seeded(seed, x.device):
             attr = NoiseTunnel(Saliency(_Counted(net, samples, progress))).attribute(
                 _needs_grad(x), nt_type="smoothgrad", nt_samples=samples, nt_samples_batch_size=batch_size,
                 stdevs=std, target=t, abs=False)
@@ -374,7 +375,7 @@ def integrated_gradients(m, x, target: int | str | None = None, *, steps: int = 
         base = torch.full_like(x, baseline)
         if smooth_samples > 0:
             std = noise * float(x.max() - x.min())
-            with _seeded(seed):
+            with _seeded(seed, x.device):
                 attr = NoiseTunnel(ig).attribute(
                     _needs_grad(x), nt_type="smoothgrad", nt_samples=smooth_samples, nt_samples_batch_size=1,
                     stdevs=std, baselines=base, target=t, n_steps=steps, internal_batch_size=batch_size)
@@ -611,9 +612,19 @@ def _stage_module(net: Xception, stage: str) -> torch.nn.Module:
 
 
 def _reinitialise(module: torch.nn.Module) -> None:
+    """PyTorch's default init for every conv, dense and BN (BN back to identity statistics).
+
+    The new values are drawn on the CPU and copied over, so a seed gives the same random network
+    on every device (CUDA draws from its own generator).
+    """
     for sub in module.modules():
         if isinstance(sub, (torch.nn.Conv2d, torch.nn.Linear, torch.nn.BatchNorm2d)):
-            sub.reset_parameters()  # PyTorch's default init; BN back to identity statistics
+            fresh = copy.deepcopy(sub).to("cpu")
+            fresh.reset_parameters()
+            tensors = dict(sub.named_parameters()) | dict(sub.named_buffers())
+            with torch.no_grad():
+                for name, value in fresh.state_dict().items():
+                    tensors[name].copy_(value)
 
 
 def spearman(a, b) -> float:
@@ -685,7 +696,7 @@ def randomisation_check(m, x, target: int | str | None = None, method: str = "gr
     if progress:
         progress(1, total)
     maps, rhos = [], []
-    with _seeded(seed):
+    with _seeded(seed, x.device):
         for stage in cascade[: cascade.index(wanted[-1]) + 1]:
             _reinitialise(_stage_module(twin, stage))
             if stage not in wanted:
