@@ -125,3 +125,26 @@ def offline(monkeypatch, tmp_path) -> Path:
     monkeypatch.setattr(socket, "create_connection", _no_network)
     monkeypatch.setattr(socket.socket, "connect", _no_network)
     return home
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _apptest_stays_in_navigation_mode():
+    """Keep AppTest in ``st.navigation`` mode, as the real server stays after its first run.
+
+    AppTest (Streamlit 1.67) resets ``PagesManager.uses_pages_directory`` before every run, and the
+    ``pages/`` folder next to app.py turns it back on, so every run would start as a legacy
+    page-only run that ``ui.ensure_frame`` hands over with a rerun — and a rerun drops one-shot
+    values (button clicks, ``st.switch_page`` targets). In a browser that hand-over happens at most
+    once per server (tests/e2e/test_deep_link.py); session scope covers module-scoped AppTests too.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    original = PagesManager.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        PagesManager.uses_pages_directory = False
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(PagesManager, "__init__", init)
+        yield

@@ -75,26 +75,7 @@ def test_separable_page_checks_the_pointwise_sum(monkeypatch, tmp_path):
     assert any("BN" in latex.value for latex in at.get("latex"))
 
 
-@pytest.fixture
-def navigation_kept(monkeypatch):
-    """Keep AppTest in st.navigation mode, as the real server stays after its first run.
-
-    AppTest resets ``PagesManager.uses_pages_directory`` before every run (a ``pages/`` folder
-    sets it), so ``ui.ensure_frame`` reruns the script, and that rerun drops the target of an
-    ``st.switch_page``. In the browser the flag stays False once st.navigation has run.
-    """
-    from streamlit.runtime.pages_manager import PagesManager
-
-    original = PagesManager.__init__
-
-    def init(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        PagesManager.uses_pages_directory = False
-
-    monkeypatch.setattr(PagesManager, "__init__", init)
-
-
-def test_architecture_page_links_to_maps(monkeypatch, tmp_path, navigation_kept):
+def test_architecture_page_links_to_maps(monkeypatch, tmp_path):
     at = open_page("pages/architecture.py", monkeypatch, tmp_path)
     assert not at.exception
     body = text(at)
