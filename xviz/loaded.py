@@ -73,12 +73,17 @@ class LoadedModel:
 
     def predict(self, img: Image.Image, k: int = 5) -> list[tuple[str, float]]:
         """Top-``k`` (label, probability) pairs, most likely first."""
+        return [(label, p) for _, label, p in self.top_classes(img, k)]
+
+    def top_classes(self, img: Image.Image, k: int = 5) -> list[tuple[int, str, float]]:
+        """Top-``k`` (class index, label, probability): the index tells apart classes that share a
+        name (ImageNet has two 'crane's, the bird and the machine)."""
         if not self.has_head:
             raise WeightsError("This model has no classifier head (a 'notop' backbone), so it can't "
                                "predict classes. Its feature maps are still available.")
         probs = self.logits(self.preprocess(img)).softmax(dim=-1)[0]
         top = probs.topk(min(k, probs.numel()))
-        return [(self.labels[i], float(p)) for p, i in zip(top.values, top.indices)]
+        return [(int(i), self.labels[i], float(p)) for p, i in zip(top.values, top.indices)]
 
     def with_input_size(self, size: int) -> "LoadedModel":
         """Same network and weights, images prepared at another size (every size >= 71 works)."""

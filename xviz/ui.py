@@ -119,6 +119,13 @@ def predictions(model_key: str, image_key: str, k: int, _model: xviz.LoadedModel
     return _model.predict(_image, k=k)
 
 
+@st.cache_data(show_spinner=False, max_entries=64)
+def top_classes(model_key: str, image_key: str, k: int, _model: xviz.LoadedModel,
+                _image: Image.Image) -> list[tuple[int, str, float]]:
+    """Top-k (class index, label, probability), computed once per (model, image, k)."""
+    return _model.top_classes(_image, k=k)
+
+
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -887,15 +894,14 @@ SLOW_CASCADE = ("head", "block14", "block13", "block12", "block8", "block4", "bl
 def pick_attribution_target(sel: Selection, where=st, *, key: str = "gc") -> int:
     """The class to explain: one of the top guesses, or any label by search. Returns its index."""
     model = sel.model
-    preds = predictions(model.key, sel.image_key, min(5, len(model.labels)), model, sel.image)
+    top = top_classes(model.key, sel.image_key, min(5, len(model.labels)), model, sel.image)
     if where.toggle("Any class (search by name)", key=f"{key}_any",
                     help="Off: the model's top guesses. On: every class it knows; type to search."):
         return where.selectbox("Class to explain", range(len(model.labels)), format_func=model.labels.__getitem__,
-                               index=model.labels.index(preds[0][0]), key=f"{key}_label")
-    probs = dict(preds)
-    label = where.selectbox("Class to explain", list(probs), key=f"{key}_top",
-                            format_func=lambda lab: f"{lab} ({probs[lab]:.0%})")
-    return model.labels.index(label)
+                               index=top[0][0], key=f"{key}_label")
+    probs = {index: p for index, _, p in top}
+    return where.selectbox("Class to explain", list(probs), key=f"{key}_top",
+                           format_func=lambda i: f"{model.labels[i]} ({probs[i]:.0%})")
 
 
 def attribution_options(method: str, size: int, *, key: str = "gc") -> dict:
