@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .activations import io_shapes
 from .device import describe
 from .model import SeparableConv2d, Xception
 
@@ -281,29 +282,7 @@ def ledger(model, input_size: int | None = None) -> "pd.DataFrame":
     _positive(input_size=size)
     names = _module_names(net)
     modules = {path: net.get_submodule(path) for path in names}
-    shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
-
-    def hook_for(path):
-        def hook(_module, inputs, output):
-            shapes[path] = (tuple(inputs[0].shape[1:]), tuple(output.shape[1:]))
-        return hook
-
-    param = next(net.parameters())
-    x = torch.zeros(1, 3, size, size, device=param.device, dtype=param.dtype)
-    lock = getattr(model, "lock", None)
-    handles = []
-    if lock is not None:
-        lock.acquire()
-    try:
-        for path, module in modules.items():
-            handles.append(module.register_forward_hook(hook_for(path)))
-        with torch.no_grad():
-            net(x)
-    finally:
-        for handle in handles:
-            handle.remove()
-        if lock is not None:
-            lock.release()
+    shapes = io_shapes(model, modules, size)
 
     rows = []
     for path in shapes:  # dicts keep insertion order: the order the forward visited the modules

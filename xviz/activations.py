@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Callable, Iterable, Iterator
 
 import torch
+from torch import nn
 
 from .model import Xception
 
@@ -46,6 +47,13 @@ def capture(net: Xception, names: Iterable[str], *, detach: bool = True,
             handle.remove()
 
 
+def locked(model):
+    """The lock that serialises hooked forwards on a shared :class:`xviz.LoadedModel`; a bare
+    network has none (its caller owns it)."""
+    lock = getattr(model, "lock", None)
+    return lock if lock is not None else nullcontext()
+
+
 def activations(model, x: torch.Tensor, names: Iterable[str]) -> dict[str, torch.Tensor]:
     """{Keras layer name: (N, C, H, W) output} for one forward pass of ``x`` (on CPU, float32).
 
@@ -53,15 +61,38 @@ def activations(model, x: torch.Tensor, names: Iterable[str]) -> dict[str, torch
     model) or a bare :class:`xviz.model.Xception`.
     """
     net = getattr(model, "net", model)
-    lock = getattr(model, "lock", None)
     device = next(net.parameters()).device
     names = list(names)
-    if lock is not None:
-        lock.acquire()
-    try:
-        with capture(net, names) as store, torch.no_grad():
-            net(x.to(device))
-    finally:
-        if lock is not None:
-            lock.release()
+    with locked(model), capture(net, names) as store, torch.no_grad():
+        net(x.to(device))
     return {name: store[name].float().cpu().contiguous() for name in names}
+
+
+def io_shapes(model, modules: dict[str, nn.Module], size: int) -> dict[str, tuple[tuple, tuple]]:
+    """{key: (input shape, output shape)} without the batch axis, for one forward pass of a blank
+    ``size`` x ``size`` image, in the order the forward visits the modules.
+
+    Shared by the parameter ledger and the layer table: one way to ask the network for its shapes
+    at any input size. Hooks are removed in ``finally`` and the pass holds the model's lock.
+    """
+    net = getattr(model, "net", model)
+    param = next(net.parameters())
+    x = torch.zeros(1, 3, size, size, device=param.device, dtype=param.dtype)
+    shapes: dict[str, tuple[tuple, tuple]] = {}
+    handles = []
+
+    def hook_for(key):
+        def hook(_module, inputs, output):
+            shapes[key] = (tuple(inputs[0].shape[1:]), tuple(output.shape[1:]))
+        return hook
+
+    with locked(model):
+        try:
+            for key, module in modules.items():
+                handles.append(module.register_forward_hook(hook_for(key)))
+            with torch.no_grad():
+                net(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+    return shapes

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .activations import locked
 from .errors import WeightsError
 from .model import ExitTail, Xception
 
@@ -54,11 +55,6 @@ warnings.filterwarnings("ignore", message="Setting backward hooks on ReLU activa
 
 def _net(m) -> Xception:
     return getattr(m, "net", m)
-
-
-def _lock(m):
-    lock = getattr(m, "lock", None)
-    return lock if lock is not None else threading.RLock()
 
 
 def _device(m) -> torch.device:
@@ -92,7 +88,7 @@ def resolve_target(m, x: torch.Tensor, target: int | str | None) -> int:
     """Class index from an index, a label (case-insensitive) or None (the predicted class)."""
     t = _check_target(m, target)
     if t is None:
-        with _lock(m), torch.no_grad():
+        with locked(m), torch.no_grad():
             return int(_net(m)(x).argmax(dim=1)[0])
     return t
 
@@ -214,7 +210,7 @@ def gradcam(m, x, target: int | str | None = None, layer: str = DEFAULT_LAYER, *
     x = as_input(m, x)
     net = _net(m)
     t = _check_target(m, target)
-    with _lock(m):
+    with locked(m):
         a, grad, t = _layer_activation_and_gradient(net, layer, x, t)
     cam = _cam(a, grad)
     if progress:
@@ -274,7 +270,7 @@ def guided_gradcam(m, x, target: int | str | None = None, layer: str = DEFAULT_L
 
     x = as_input(m, x)
     net = _net(m)
-    with _lock(m):
+    with locked(m):
         t = resolve_target(m, x, target)
         fn = _Counted(net, 2, progress)
         attr = GuidedGradCam(fn, _check_layer(net, layer)).attribute(_needs_grad(x), target=t, interpolate_mode="bilinear")
@@ -298,7 +294,7 @@ def saliency(m, x, target: int | str | None = None, *, progress: ProgressFn | No
 
     x = as_input(m, x)
     net = _net(m)
-    with _lock(m):
+    with locked(m):
         t = resolve_target(m, x, target)
         attr = Saliency(_Counted(net, 1, progress)).attribute(_needs_grad(x), target=t, abs=True)
     return attr.detach().amax(dim=1)[0].float().cpu()
@@ -330,7 +326,7 @@ def smoothgrad(m, x, target: int | str | None = None, *, samples: int = 16, nois
     x = as_input(m, x)
     net = _net(m)
     std = noise * float(x.max() - x.min())
-    with _lock(m):
+    with locked(m):
         t = resolve_target(m, x, target)
         with _seeded(seed, x.device):
             attr = NoiseTunnel(Saliency(_Counted(net, samples, progress))).attribute(
@@ -369,7 +365,7 @@ def integrated_gradients(m, x, target: int | str | None = None, *, steps: int = 
     x = as_input(m, x)
     net = _net(m)
     total = steps * max(1, smooth_samples)
-    with _lock(m):
+    with locked(m):
         t = resolve_target(m, x, target)
         ig = IntegratedGradients(_Counted(net, total, progress))
         base = torch.full_like(x, baseline)
@@ -423,7 +419,7 @@ def occlusion(m, x, target: int | str | None = None, *, window: int | None = Non
         raise ValueError(f"occlusion needs 1 <= stride <= window <= image side, got stride {stride}, "
                          f"window {window}, side {min(h, w)}")
     positions = (math.ceil((h - window) / stride) + 1) * (math.ceil((w - window) / stride) + 1)
-    with _lock(m):
+    with locked(m):
         t = resolve_target(m, x, target)
         attr = Occlusion(_Counted(net, 1 + positions, progress)).attribute(
             x, sliding_window_shapes=(3, window, window), strides=(3, stride, stride),
@@ -549,7 +545,7 @@ def deletion_curve(m, x, heat: torch.Tensor, target: int | str | None = None, *,
     if heat.shape != (h, w):
         raise ValueError(f"the map is {tuple(heat.shape)} but the image is {(h, w)}; pass the map of this image")
     net = _net(m)
-    with _lock(m):
+    with locked(m):
         t = resolve_target(m, x, target)
     patch = patch or max(1, round(min(h, w) / 16))
     # (H, W) -> (gh, gw) mean relevance per patch; edge patches are partial (ceil_mode)
@@ -576,7 +572,7 @@ def deletion_curve(m, x, heat: torch.Tensor, target: int | str | None = None, *,
             chunk = counts[start:start + batch_size]
             removed = torch.stack([pixel_rank < c for c in chunk])[:, None]  # (B, 1, h, w)
             batch = torch.where(removed, torch.full_like(x, baseline), x.expand(len(chunk), -1, -1, -1))
-            with _lock(m), torch.no_grad():
+            with locked(m), torch.no_grad():
                 p = net(batch.contiguous(memory_format=torch.channels_last)).softmax(dim=1)[:, t]
             curve += p.float().cpu().tolist()
             removed_share += removed.float().mean(dim=(1, 2, 3)).cpu().tolist()
@@ -680,7 +676,7 @@ def randomisation_check(m, x, target: int | str | None = None, method: str = "gr
     """
     x = as_input(m, x)
     net = _net(m)
-    with _lock(m):
+    with locked(m):
         t = resolve_target(m, x, target)
         original = attribute(m, x, t, method, layer=layer, **options)
         twin = copy.deepcopy(net)  # under the lock: a deep copy would also copy any live captum hook

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .activations import capture
+from .activations import capture, io_shapes
 from .model import FLOWS, Block, ExitTail, SeparableConv2d, Stem, Xception
 
 STORE_DTYPE = np.float16  # display precision of the cached maps (see the module docstring)
@@ -202,46 +202,14 @@ class LayerInfo:
 
 
 def _shape_pass(model, size: int) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[tuple, tuple]]]:
-    """One forward on a blank image recording only shapes: {layer: (C, H, W)}, {block: (in, out)}.
-
-    Hooks are removed in ``finally`` and the pass holds the model's lock, like every hooked forward
-    on the shared model.
-    """
+    """One forward on a blank image recording only shapes: {layer: (C, H, W)}, {block: (in, out)}."""
     net = getattr(model, "net", model)
-    lock = getattr(model, "lock", None)
-    layer_shapes: dict[str, tuple[int, ...]] = {}
-    block_io: dict[str, tuple[tuple, tuple]] = {}
-    handles = []
-
-    def layer_hook(name):
-        def hook(_m, _inputs, output):
-            layer_shapes[name] = tuple(output.shape[1:])
-        return hook
-
-    def block_hook(name):
-        def hook(_m, inputs, output):
-            block_io[name] = (tuple(inputs[0].shape[1:]), tuple(output.shape[1:]))
-        return hook
-
-    device = next(net.parameters()).device
-    x = torch.zeros(1, 3, size, size, device=device)
-    if lock is not None:
-        lock.acquire()
-    try:
-        for name in net.layer_names():
-            handles.append(net.layer(name).register_forward_hook(layer_hook(name)))
-        for flow in FLOWS:
-            for block_name, block in getattr(net, flow).named_children():
-                handles.append(block.register_forward_hook(block_hook(block_name)))
-        handles.append(net.head.register_forward_hook(block_hook("head")))
-        with torch.no_grad():
-            net(x)
-    finally:
-        for h in handles:
-            h.remove()
-        if lock is not None:
-            lock.release()
-    return layer_shapes, block_io
+    layers = {name: net.layer(name) for name in net.layer_names()}
+    blocks = {block_name: block for flow in FLOWS for block_name, block in getattr(net, flow).named_children()}
+    blocks["head"] = net.head
+    shapes = io_shapes(model, {**layers, **blocks}, size)  # layer and block names never collide
+    return ({name: shapes[name][1] for name in layers if name in shapes},
+            {name: shapes[name] for name in blocks if name in shapes})
 
 
 def layer_table(model, size: int | None = None) -> list[LayerInfo]:
