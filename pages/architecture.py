@@ -11,10 +11,7 @@ ui.page_header("The architecture of Xception",
                "**middle flow** repeats one block eight times at a fixed size, the **exit flow** "
                "widens to 2048 channels for the classifier. Almost every block is *residual*: its "
                "input skips around it and is added to its output.")
-model = ui.current_model()
-if model is None:
-    st.info("Choose a model in the sidebar (or upload a weights file) to begin.")
-    st.stop()
+model = ui.required_model()
 size = model.input_size
 arch = ui.architecture(model.key, size, model)
 PICKED = "_arch_picked"

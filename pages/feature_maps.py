@@ -10,8 +10,6 @@ ui.page_header("Inside the flows: feature maps",
                "answering one question about every place in the image (*an edge here? a texture? "
                "a handle?*). Early layers are large and few, later ones small and many.")
 sel = ui.current()
-if sel is None:
-    st.stop()
 model, size = sel.model, sel.model.input_size
 cap = ui.flow_capture(model.key, sel.image_key, size, model, sel.image)
 table = ui.layer_table(model.key, size, model)

@@ -9,8 +9,6 @@ ui.page_header("Where is the network looking?",
                "A heatmap over the photo shows which places raised the score of one class. Pick the "
                "class, the layer and the method; then ask whether the map can be trusted.")
 sel = ui.current()
-if sel is None:
-    st.stop()
 model, size = sel.model, sel.model.input_size
 if not model.has_head:
     st.warning("This model has no classifier head, so there is no class score to explain. "

@@ -10,10 +10,7 @@ ui.page_header("Parameters and compute",
                "Xception's claim is *better accuracy with fewer parameters*. Check it: one layer with "
                "sliders, then the whole network with its real numbers. MACs are multiply-accumulates "
                "per image (1 MAC ≈ 2 FLOPs); parameters are learned weights.")
-model = ui.current_model()
-if model is None:
-    st.info("Choose a model in the sidebar (or upload a weights file) to begin.")
-    st.stop()
+model = ui.required_model()
 size = model.input_size
 table, twin = ui.ledger(model.key, size, model)
 ours, std = A.totals(table), A.totals(twin)

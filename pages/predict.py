@@ -8,8 +8,6 @@ ui.page_header("What does Xception see?",
                "The photo is resized and rescaled into the numbers the network was trained on, then "
                "passes through 36 convolution layers. Here is what came out.")
 sel = ui.current()
-if sel is None:
-    st.stop()
 model = sel.model
 
 ui.view_input(sel)

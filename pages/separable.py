@@ -10,8 +10,6 @@ ui.page_header("Anatomy of a separable convolution",
                "convolution mixes the filtered channels, each output a weighted sum of all of them. "
                "Here is one of its 34 separable convolutions, on your image.")
 sel = ui.current()
-if sel is None:
-    st.stop()
 seps = {s.name: s for s in flows.separable_convs(sel.model.net)}
 name = st.selectbox("Separable convolution", list(seps), index=list(seps).index("block5_sepconv1"),
                     key="sep_name", format_func=lambda n: f"{n}  ·  {flows.FLOW_TITLES[seps[n].flow]}")

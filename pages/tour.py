@@ -17,8 +17,6 @@ ui.page_header("A guided tour through Xception",
                "picture is computed from it, every number from the model that is loaded. The address bar "
                "names the step: copy it to come back here.")
 sel = ui.current()
-if sel is None:
-    st.stop()
 model, size = sel.model, sel.model.input_size
 index, problem = tour.parse_step(st.query_params.get(STEP))
 if problem:

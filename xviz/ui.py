@@ -312,17 +312,24 @@ def _resolve_model() -> xviz.LoadedModel | None:
     return model.with_input_size(size) if size and size != model.input_size else model
 
 
-def current() -> Selection | None:
-    """The model and image every page works on, or None (with a message shown) if either is missing."""
+def required_model() -> xviz.LoadedModel:
+    """The sidebar's model for a page; without one, a hint is shown and the page stops there."""
     ensure_frame()
     model = current_model()
-    data = st.session_state.get(IMAGE_BYTES)
     if model is None:
         st.info("Choose a model in the sidebar (or upload a weights file) to begin.")
-        return None
+        st.stop()
+    return model
+
+
+def current() -> Selection:
+    """The model and image every page works on; if either is missing, a hint is shown and the
+    page stops there."""
+    model = required_model()
+    data = st.session_state.get(IMAGE_BYTES)
     if data is None:
         st.info("Choose an image in the sidebar to begin.")
-        return None
+        st.stop()
     key = sha256(data)
     return Selection(model, _decode(key, data), data, key, st.session_state.get(IMAGE_NAME, "image"))
 
