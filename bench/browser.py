@@ -128,6 +128,21 @@ class AppTab:
         self.page.evaluate(SETTLE)
         self.page.wait_for_selector(IDLE, timeout=timeout)
 
+    def wait_pictures_drawn(self) -> int:
+        """Scroll every chart and image of the main area into view and wait until each chart has
+        drawn and each image has decoded; returns how many there are."""
+        charts = self.main.get_by_test_id("stPlotlyChart")
+        for i in range(charts.count()):
+            charts.nth(i).scroll_into_view_if_needed()
+            charts.nth(i).locator("svg.main-svg").first.wait_for(state="attached")
+        images = self.main.locator("img")
+        for i in range(images.count()):
+            images.nth(i).scroll_into_view_if_needed()
+        self.page.wait_for_function(
+            "() => [...document.querySelectorAll(\"[data-testid='stMain'] img\")]"
+            ".every(i => i.complete && i.naturalWidth > 0)")
+        return charts.count() + images.count()
+
     def nav_link(self, title: str):
         more = self.sidebar.get_by_test_id("stSidebarNavViewButton")
         if more.count() and "more" in more.inner_text().lower():

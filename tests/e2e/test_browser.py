@@ -94,16 +94,7 @@ def assert_rendered(app: App) -> None:
     """Something visual is on the page, every chart has drawn and every image has decoded."""
     counts = {tid: app.main.get_by_test_id(tid).count() for tid in RENDERED}
     assert sum(counts.values()) > 0, "the page shows no chart, image or table"
-    charts = app.main.get_by_test_id("stPlotlyChart")
-    for i in range(charts.count()):
-        charts.nth(i).scroll_into_view_if_needed()
-        charts.nth(i).locator("svg.main-svg").first.wait_for(state="attached")
-    images = app.main.locator("img")
-    for i in range(images.count()):
-        images.nth(i).scroll_into_view_if_needed()
-    app.page.wait_for_function(
-        "() => [...document.querySelectorAll(\"[data-testid='stMain'] img\")]"
-        ".every(i => i.complete && i.naturalWidth > 0)")
+    app.wait_pictures_drawn()
     assert app.main.get_by_test_id("stAlertContentError").count() == 0, \
         app.main.get_by_test_id("stAlertContentError").all_inner_texts()
 

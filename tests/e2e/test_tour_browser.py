@@ -47,25 +47,12 @@ def tall_screenshot(app: AppTab, name: str) -> None:
         app.page.set_viewport_size(size)
 
 
-def all_pictures_drawn(app: AppTab) -> None:
-    images = app.main.locator("img")
-    for i in range(images.count()):
-        images.nth(i).scroll_into_view_if_needed()
-    app.page.wait_for_function(
-        "() => [...document.querySelectorAll(\"[data-testid='stMain'] img\")]"
-        ".every(i => i.complete && i.naturalWidth > 0)")
-    charts = app.main.get_by_test_id("stPlotlyChart")
-    for i in range(charts.count()):
-        charts.nth(i).locator("svg.main-svg").first.wait_for(state="attached")
-    assert images.count() + charts.count() > 0, "the step shows no picture"
-
-
 def test_click_through_the_tour(app):
     app.go_to("Guided tour")
     for n, step in enumerate(STEPS, start=1):
         expect(step_heading(app)).to_have_text(f"{n} · {step.title}")
         assert app.page.url.endswith(f"step={n}"), app.page.url
-        all_pictures_drawn(app)
+        assert app.wait_pictures_drawn() > 0, "the step shows no picture"
         answer = app.main.get_by_role("button", name="Show the answer")
         app.act(answer.click)
         expect(answer).to_have_count(0)
@@ -100,7 +87,7 @@ def test_presenter_mode(app):
     expect(app.page.get_by_test_id("stSidebar")).to_have_attribute("data-collapsed", "true")
     expect(step_heading(app)).to_have_text(f"1 · {STEPS[0].title}")
     app.act(app.main.get_by_role("button", name="Next →").first.click)
-    all_pictures_drawn(app)
+    assert app.wait_pictures_drawn() > 0, "the step shows no picture"
     expect(app.main.get_by_test_id("stDownloadButton")).to_have_count(0)
     tall_screenshot(app, "presenter_step2")
     app.assert_clean()
