@@ -15,6 +15,7 @@ Fixtures:
     keras2_layout            dict of tests/data/keras2_h5_layout.json (a real Keras-2 .h5's structure).
     example_photos           sorted Paths of assets/examples/*.jpg.
     photo                    one real photo as an RGB ``PIL.Image`` (via ``xviz.load_image``).
+    open_app                 starts app.py in AppTest on the demo model, optionally on a page.
     offline                  no network for the test, and an empty ``TORCH_HOME`` (returns its Path).
 """
 
@@ -127,24 +128,28 @@ def offline(monkeypatch, tmp_path) -> Path:
     return home
 
 
+@pytest.fixture
+def open_app(kitchenware_dir, monkeypatch, tmp_path):
+    """``open_app(page=None, query=None, **session)``: the app in AppTest on the demo model.
+
+    The torch.hub cache is empty, so "Best available" is the installed demo model (150 px), as on a
+    fresh machine; skips when the demo model is not installed. See helpers.start_app.
+    """
+    from helpers import start_app
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    return start_app
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _apptest_stays_in_navigation_mode():
     """Keep AppTest in ``st.navigation`` mode, as the real server stays after its first run.
 
-    AppTest (Streamlit 1.67) resets ``PagesManager.uses_pages_directory`` before every run, and the
-    ``pages/`` folder next to app.py turns it back on, so every run would start as a legacy
-    page-only run that ``ui.ensure_frame`` hands over with a rerun — and a rerun drops one-shot
-    values (button clicks, ``st.switch_page`` targets). In a browser that hand-over happens at most
-    once per server (tests/e2e/test_deep_link.py); session scope covers module-scoped AppTests too.
+    AppTest (Streamlit 1.67) resets the legacy-``pages/`` flag before every run (see
+    xviz/ui/legacy_pages.py); in a browser the hand-over happens at most once per server
+    (tests/e2e/test_deep_link.py). Session scope covers module-scoped AppTests too.
     """
-    from streamlit.runtime.pages_manager import PagesManager
+    from xviz.ui import legacy_pages
 
-    original = PagesManager.__init__
-
-    def init(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        PagesManager.uses_pages_directory = False
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(PagesManager, "__init__", init)
+    with legacy_pages.navigation_mode_only():
         yield

@@ -1,0 +1,26 @@
+"""The Streamlit glue: the only part of xviz that imports Streamlit, imported by ``app.py`` and
+``pages/*`` only (``from xviz import ui``, then ``ui.current()``, ``ui.view_separable(...)``).
+
+One concern a module; what the pages call is re-exported here, so a page reads ``ui.current()``.
+The modules:
+
+- ``state``: session keys, the ``Selection`` every page works on, the sidebar's model
+  (``current`` / ``required_model``), the deep-link hand-over (``ensure_frame``, ``page_header``).
+- ``sidebar``: the shared sidebar (image, model, input size) and the provenance status line.
+- ``cache``: every ``st.cache_*`` (models, predictions, tables, the feature-map capture) and the
+  process-wide store of attribution results.
+- ``presenter``: presenter mode for projectors (colour scales, larger type).
+- ``views/``: what the pages draw, by subject (predict, flows, separable, attribution).
+- ``legacy_pages``: the one workaround that touches a private Streamlit class.
+"""
+
+# what pages/* and app.py call
+from xviz.ui.cache import architecture, flow_capture, layer_summary, layer_table, ledger, predictions, tour_facts
+from xviz.ui.presenter import colormap, presenter
+from xviz.ui.sidebar import sidebar
+from xviz.ui.state import GOTO_BLOCK, TOUR_REVEALED, Selection, current, ensure_frame, page_header, required_model
+from xviz.ui.views.attribution import (attribution_options, pick_attribution_target, view_attribution,
+                                       view_attribution_trust)
+from xviz.ui.views.flows import view_channel_grid, view_layer_numbers, view_residual, view_size_strip
+from xviz.ui.views.predict import view_input, view_predictions
+from xviz.ui.views.separable import view_separable

@@ -1,0 +1,162 @@
+"""The shared sidebar: presenter switch, image (example, upload, camera), model and input size, and the
+status line that always says which weights run where."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import streamlit as st
+
+import xviz
+from xviz import weights as W
+from xviz.ui import cache, state
+from xviz.ui.presenter import presenter_sidebar
+from xviz.ui.state import (EXAMPLE, IMAGE_BYTES, IMAGE_ERROR, IMAGE_NAME, IMAGE_SOURCE, INPUT_SIZE, LABELS_UPLOAD,
+                           MODEL_ERROR, MODEL_SOURCE, SEEN_UPLOAD, WEIGHTS_UPLOAD)
+
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
+EXAMPLES = ASSETS / "examples"
+
+MODEL_CHOICES = {
+    "auto": "Best available",
+    "imagenet": "ImageNet (1000 classes)",
+    "kitchenware": "Kitchenware demo (6 classes)",
+    "untrained": "Untrained (random weights)",
+    "upload": "Your own weights file…",
+}
+INPUT_SIZES = (0, 150, 224, 299, 384)  # 0 = native; every size >= 71 works, these cover the usual ones
+
+
+# -- the image --------------------------------------------------------------------------------
+
+def example_images() -> dict[str, Path]:
+    """Bundled photos (assets/examples) plus the kitchenware package's photos when installed."""
+    # coffee first: both the ImageNet and the kitchenware model have something to say about a cup
+    order = {"coffee": 0, "cat": 1, "rocket": 2, "astronaut": 3}
+    paths = sorted(EXAMPLES.glob("*.jpg"), key=lambda p: (order.get(p.stem, 99), p.stem))
+    found = {p.stem.replace("_", " "): p for p in paths}
+    kdir = W.kitchenware_dir()
+    if kdir is not None:
+        for p in sorted((kdir / "datasets" / "kitchenware-data" / "images").glob("*.jpg"))[:6]:
+            found[f"kitchenware photo {p.stem}"] = p
+    return found
+
+
+def _set_image(data: bytes, name: str) -> bool:
+    try:
+        cache.decode_image(cache.sha256(data), data)
+    except xviz.ImageError as exc:
+        st.session_state[IMAGE_ERROR] = f"{name}: {exc}"
+        return False
+    st.session_state[IMAGE_BYTES] = data
+    st.session_state[IMAGE_NAME] = name
+    st.session_state.pop(IMAGE_ERROR, None)
+    return True
+
+
+def _image_sidebar():
+    st.sidebar.subheader("Image")
+    source = st.sidebar.radio("Source", ["Example", "Upload", "Camera"], horizontal=True,
+                              key=IMAGE_SOURCE, label_visibility="collapsed")
+    if source == "Example":
+        examples = example_images()
+        choice = st.sidebar.selectbox("Example photo", list(examples), key=EXAMPLE)
+        if choice and st.session_state.get(IMAGE_NAME) != f"example: {choice}":
+            _set_image(examples[choice].read_bytes(), f"example: {choice}")
+    elif source == "Upload":
+        up = st.sidebar.file_uploader("Your photo", type=None, key="image_uploader",
+                                      help="JPEG, PNG, WebP, GIF, BMP or TIFF, up to 25 MB.")
+        if up is not None and st.session_state.get(SEEN_UPLOAD) != up.file_id:
+            st.session_state[SEEN_UPLOAD] = up.file_id
+            _set_image(up.getvalue(), f"upload: {state.safe_display(up.name)}")
+    else:
+        blocked = camera_blocked(st.context.url)
+        if blocked:
+            st.sidebar.warning(blocked)
+        else:
+            st.sidebar.caption("The camera works when the app is opened on localhost or over HTTPS; "
+                               "on plain http from another machine the browser blocks it.")
+        shot = st.sidebar.camera_input("Take a photo", key="camera")
+        if shot is not None and st.session_state.get(SEEN_UPLOAD) != shot.file_id:
+            st.session_state[SEEN_UPLOAD] = shot.file_id
+            _set_image(shot.getvalue(), "camera photo")
+    if IMAGE_ERROR in st.session_state:
+        kept = " The previous image is still in use." if IMAGE_BYTES in st.session_state else ""
+        st.sidebar.error(st.session_state[IMAGE_ERROR] + kept)
+    if IMAGE_BYTES not in st.session_state:  # first visit: start with a photo, never an empty page
+        first = next(iter(example_images().items()))
+        _set_image(first[1].read_bytes(), f"example: {first[0]}")
+
+
+def camera_blocked(url: str | None) -> str | None:
+    """Why the browser will refuse the camera to a page at ``url``, or None if it allows it.
+
+    Browsers give the camera (getUserMedia) only to secure contexts: https, or http on a loopback
+    host (localhost, 127.x.x.x, [::1]). ``url`` is what the browser shows (``st.context.url``).
+    """
+    if not url:
+        return None
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if parts.scheme == "https" or host == "localhost" or host.endswith(".localhost"):
+        return None
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:  # a host name, not an address
+        pass
+    return (f"The camera can't work here: this page was opened over plain http from {parts.netloc}, and "
+            "browsers allow the camera only on localhost or over HTTPS. Open the app on the computer that "
+            "runs it (http://localhost…), serve it over HTTPS, or upload a photo instead.")
+
+
+def _model_sidebar():
+    st.sidebar.subheader("Model")
+    st.sidebar.selectbox("Weights", list(MODEL_CHOICES), format_func=MODEL_CHOICES.get, key=MODEL_SOURCE)
+    if st.session_state.get(MODEL_SOURCE) == "upload":
+        w = st.sidebar.file_uploader("Weights file", type=[s.lstrip(".") for s in W.WEIGHT_SUFFIXES],
+                                     key="weights_uploader",
+                                     help="An Xception state dict (.pth/.pt/.safetensors; xviz or timm "
+                                          "layout) or a Keras .h5/.keras file. Loaded without "
+                                          "executing anything in it.")
+        lab = st.sidebar.file_uploader("Labels (optional)", type=["txt", "json"], key="labels_uploader",
+                                       help="One class name per line, or a JSON list.")
+        st.session_state[WEIGHTS_UPLOAD] = (w.name, w.getvalue()) if w is not None else None
+        st.session_state[LABELS_UPLOAD] = (lab.name, lab.getvalue()) if lab is not None else None
+    st.sidebar.select_slider("Input size", INPUT_SIZES, key=INPUT_SIZE,
+                             format_func=lambda s: "native" if s == 0 else f"{s} px",
+                             help="Xception accepts any size from 71 px; 'native' is the size the "
+                                  "weights were trained at. Spatial maps grow with the input.")
+
+
+def sidebar() -> None:
+    """Build the shared sidebar. Call after ``st.navigation`` and before ``page.run()``."""
+    st.session_state.setdefault(MODEL_SOURCE, "auto")
+    st.session_state.setdefault(INPUT_SIZE, 0)
+    presenter_sidebar()
+    _image_sidebar()
+    _model_sidebar()
+    model = state.resolve_model()
+    st.session_state[state.RUN_MODEL] = model
+    st.sidebar.divider()
+    if model is None:
+        st.sidebar.error(st.session_state.get(MODEL_ERROR) or "Upload a weights file to use your own model.")
+    else:
+        status(model, st.sidebar)
+
+
+def status(model: xviz.LoadedModel, where=st) -> None:
+    """Weights and where they came from, device, input size and preprocessing — always visible."""
+    if not model.trained:
+        where.error("**Untrained network** — random weights. Nothing it shows means anything.")
+    where.markdown(f"**Weights:** {model.source}")
+    where.caption(f"**Device:** {model.device_name} · **Input:** {model.input_size}×{model.input_size} px · "
+                  f"**Preprocessing:** {model.preprocessing.describe()}")
+    if model.notes:
+        with where.expander("How this model was chosen"):
+            for note in model.notes:
+                st.write(note)
+
+

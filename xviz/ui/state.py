@@ -1,0 +1,141 @@
+"""Session state: the keys pages share, the Selection every page works on, the sidebar's model at the
+chosen input size, and the hand-over of a deep link to app.py (``ensure_frame``)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import streamlit as st
+from PIL import Image
+
+import xviz
+from xviz.errors import XvizError
+from xviz.ui import cache, legacy_pages
+
+# session keys, in one place so pages never invent their own spellings
+IMAGE_BYTES = "image_bytes"  # bytes of the current image (survives page switches)
+IMAGE_NAME = "image_name"  # where it came from, for captions
+IMAGE_ERROR = "image_error"  # message of the last rejected upload, shown once
+SEEN_UPLOAD = "seen_upload"  # file_id of the upload already processed
+MODEL_SOURCE = "model_source"  # a key of sidebar.MODEL_CHOICES
+WEIGHTS_UPLOAD = "weights_upload"  # (name, bytes) of the user's own weights file
+LABELS_UPLOAD = "labels_upload"  # (name, bytes) of the user's labels file
+MODEL_ERROR = "model_error"
+INPUT_SIZE = "input_size"  # 0: the weights' own size
+IMAGE_SOURCE = "image_source"
+EXAMPLE = "example"
+PRESENTER = "presenter"  # classroom projector: larger type, projector-safe colours, fewer controls
+GOTO_BLOCK = "goto_block"  # set by the Architecture page: the block whose maps to open
+TOUR_REVEALED = "tour_revealed"  # slugs of the tour steps whose answer was revealed
+RUN_MODEL = "_run_model"  # the model resolved by this run's sidebar, so pages don't resolve it again
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What every page works on: the model, the image and their cache keys."""
+
+    model: xviz.LoadedModel
+    image: Image.Image
+    image_bytes: bytes
+    image_key: str  # sha256 of the image bytes
+    image_name: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.model.key}/{self.image_key}"
+
+
+def safe_display(name: str) -> str:
+    """An uploaded file's name as shown in Markdown: last path part, word characters, '.', '-' and
+    spaces only, so a name can't become a link, a path or markup."""
+    base = re.split(r"[\\/]", name)[-1]
+    return re.sub(r"[^\w.\- ]", "", base)[:80].strip() or "uploaded file"
+
+
+# -- the sidebar's model ----------------------------------------------------------------------
+
+def load_selected_model() -> xviz.LoadedModel | None:
+    """The model the sidebar asks for, loading it (with a progress bar when downloading)."""
+    source = st.session_state.get(MODEL_SOURCE, "auto")
+    st.session_state.pop(MODEL_ERROR, None)
+    if source == "upload":
+        upload = st.session_state.get(WEIGHTS_UPLOAD)
+        if upload is None:
+            return None
+        labels = st.session_state.get(LABELS_UPLOAD)
+        try:
+            return cache.uploaded_model(cache.sha256(upload[1]), cache.sha256(labels[1]) if labels else "",
+                                   safe_display(upload[0]), upload, labels)
+        except XvizError as exc:
+            st.session_state[MODEL_ERROR] = str(exc)
+            return None
+    bar = st.empty()
+
+    def progress(done: int, total: int):
+        bar.progress(min(done / max(total, 1), 1.0),
+                     text=f"Downloading weights: {done / 1e6:.0f} of {total / 1e6:.0f} MB")
+
+    try:
+        with st.spinner("Loading the model…"):
+            return cache.builtin_model(source, _progress=progress)
+    except XvizError as exc:
+        st.session_state[MODEL_ERROR] = str(exc)
+        return None
+    finally:
+        bar.empty()
+
+def current_model() -> xviz.LoadedModel | None:
+    """The model chosen in the sidebar at the chosen input size."""
+    if RUN_MODEL in st.session_state:
+        return st.session_state[RUN_MODEL]
+    return resolve_model()
+
+
+def resolve_model() -> xviz.LoadedModel | None:
+    model = load_selected_model()
+    if model is None:
+        return None
+    size = st.session_state.get(INPUT_SIZE, 0)
+    return model.with_input_size(size) if size and size != model.input_size else model
+
+
+def required_model() -> xviz.LoadedModel:
+    """The sidebar's model for a page; without one, a hint is shown and the page stops there."""
+    ensure_frame()
+    model = current_model()
+    if model is None:
+        st.info("Choose a model in the sidebar (or upload a weights file) to begin.")
+        st.stop()
+    return model
+
+
+def current() -> Selection:
+    """The model and image every page works on; if either is missing, a hint is shown and the
+    page stops there."""
+    model = required_model()
+    data = st.session_state.get(IMAGE_BYTES)
+    if data is None:
+        st.info("Choose an image in the sidebar to begin.")
+        st.stop()
+    key = cache.sha256(data)
+    return Selection(model, cache.decode_image(key, data), data, key, st.session_state.get(IMAGE_NAME, "image"))
+
+
+def ensure_frame() -> None:
+    """Hand a deep link over to app.py when Streamlit ran the page file on its own.
+
+    A link like ``/parameters`` opened as the server's very first request runs
+    ``pages/parameters.py`` alone, without the sidebar (see legacy_pages). Leaving legacy mode and
+    rerunning lets app.py (the frame) run and route to the same page.
+    """
+    if legacy_pages.active():
+        legacy_pages.leave()
+        st.rerun()
+
+
+def page_header(title: str, lead: str) -> None:
+    ensure_frame()
+    st.title(title)
+    st.markdown(lead)
+

@@ -1,0 +1,28 @@
+"""Views of the Predict page: the photo next to what the network reads, and the top-k chart."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from xviz.ui.cache import predictions
+from xviz.ui.presenter import projected
+from xviz.ui.state import Selection
+
+def view_input(sel: Selection) -> None:
+    """The photo and the picture the network reads (resized as its preprocessing says)."""
+    model = sel.model
+    left, right = st.columns(2)
+    left.image(sel.image, caption=f"Your image ({sel.image_name}), {sel.image.width}×{sel.image.height} px",
+               width="stretch")
+    right.image(model.preprocessing.resized(sel.image),
+                caption=f"What the model sees: {model.preprocessing.describe()}", width="stretch")
+
+
+def view_predictions(sel: Selection, k: int) -> list[tuple[str, float]]:
+    """The top-``k`` bar chart; returns the predictions shown."""
+    from xviz.figures import topk_bar
+
+    preds = predictions(sel.model.key, sel.image_key, k, sel.model, sel.image)
+    st.plotly_chart(projected(topk_bar(preds)), width="stretch")
+    return preds
+
