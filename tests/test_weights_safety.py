@@ -24,9 +24,8 @@ from safetensors.torch import save as safetensors_bytes
 from streamlit.testing.v1 import AppTest
 
 import xviz
+from helpers import start_app
 from xviz.weights import config_to_json
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 class ShellPayload:
@@ -77,9 +76,7 @@ def app(tmp_path, monkeypatch):
     temp_root = tmp_path / "tmp"
     temp_root.mkdir()
     monkeypatch.setattr("tempfile.tempdir", str(temp_root))
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
-    at.session_state["model_source"] = "upload"
-    return at.run()
+    return start_app(model_source="upload")
 
 
 def upload_weights(at: AppTest, name: str, data: bytes) -> AppTest:
