@@ -20,7 +20,8 @@ if str(ROOT) not in sys.path:
 from bench.common import machine  # noqa: E402
 
 # every module here exposes rows() -> list of bench.common.row dicts
-MODULES = ["bench.bench_forward", "bench.bench_capture", "bench.bench_attributions", "bench.bench_app"]
+MODULES = ["bench.bench_forward", "bench.bench_capture", "bench.bench_attributions", "bench.bench_queue",
+           "bench.bench_app"]
 
 
 def print_table(rows: list[dict]) -> None:

@@ -6,6 +6,7 @@
 >>> m.predict(img, k=3)
 """
 
+from . import inference  # noqa: F401  (the queue: xviz.inference.InferenceQueue, backend())
 from .activations import activations, capture
 from .attributions import gradcam  # noqa: F401  (the other methods: xviz.attributions)
 from .errors import ImageError, LabelsError, WeightsError, WeightsUnavailableError, XvizError

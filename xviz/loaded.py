@@ -67,6 +67,13 @@ class LoadedModel:
         with self.lock:
             return self.net(x.to(self.device)).float().cpu()
 
+    @torch.no_grad()
+    def embedding(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, F) image embeddings: the global average of ``block14_sepconv2_act``, the features the
+        classifier head reads (F = 2048)."""
+        with self.lock:
+            return self.net.forward_head(self.net.forward_features(x.to(self.device)), pre_logits=True).float().cpu()
+
     @property
     def has_head(self) -> bool:
         return self.net.num_classes > 0
