@@ -33,12 +33,22 @@ class ClientError(RuntimeError):
     """The app or the server did something a student would see as broken."""
 
 
+def is_place(kind: str, element) -> bool:
+    """Does this element tell a waiting student where they stand (ui's place in line, or a progress
+    bar of long work)?"""
+    if kind == "progress":
+        return True
+    return kind == "alert" and "ahead of you" in getattr(element, "body", "")
+
+
 @dataclass
 class RunResult:
     seconds: float
     elements: list[tuple[str, object]]  # (element type, element proto) of this run, in order
     exceptions: list[str] = field(default_factory=list)
     media: int = 0  # /media files fetched
+    blind_s: float = 0.0  # longest stretch of the run with nothing new on screen and no place in line shown
+    place_seen: bool = False  # a place-in-line message or progress bar was shown during the run
 
     def count(self, kind: str) -> int:
         return sum(1 for k, _ in self.elements if k == kind)
@@ -66,6 +76,11 @@ class StreamlitSession:
         self._finished: asyncio.Queue[int] = asyncio.Queue()
         self._file_urls: dict[str, asyncio.Future] = {}
         self._closed_reason: str | None = None
+        # the blind-wait clock of the current run: when the screen last changed, what shows a place
+        self._last_change: float | None = None
+        self._blind = 0.0
+        self._place_paths: set[tuple[int, ...]] = set()
+        self._place_seen = False
 
     # -- connection -----------------------------------------------------------------------
 
@@ -110,6 +125,14 @@ class StreamlitSession:
 
     def _handle(self, msg: ForwardMsg) -> None:
         kind = msg.WhichOneof("type")
+        if self._last_change is not None and kind in ("delta", "script_finished"):
+            now = time.perf_counter()
+            if not self._place_paths:  # a student who sees their place in line isn't waiting blind
+                self._blind = max(self._blind, now - self._last_change)
+            self._last_change = now
+            if kind == "script_finished" and msg.script_finished in (
+                    ForwardMsg.FINISHED_SUCCESSFULLY, ForwardMsg.FINISHED_FRAGMENT_RUN_SUCCESSFULLY):
+                self._last_change = None
         if kind == "new_session":
             self.session_id = msg.new_session.initialize.session_id or self.session_id
         elif kind == "navigation":
@@ -121,6 +144,12 @@ class StreamlitSession:
             el_kind = msg.delta.new_element.WhichOneof("type")
             el = getattr(msg.delta.new_element, el_kind)
             self._run_elements.append((el_kind, el))
+            path = tuple(msg.metadata.delta_path)
+            if is_place(el_kind, el):
+                self._place_paths.add(path)
+                self._place_seen = True
+            else:
+                self._place_paths.discard(path)
             widget_id = getattr(el, "id", "")
             if widget_id and isinstance(widget_id, str):
                 key = widget_id.rsplit("-", 1)[-1]
@@ -166,6 +195,7 @@ class StreamlitSession:
         while not self._finished.empty():
             self._finished.get_nowait()
         start = time.perf_counter()
+        self._last_change, self._blind, self._place_paths, self._place_seen = start, 0.0, set(), False
         await self._ws.send(msg.SerializeToString())
         while True:
             status = await asyncio.wait_for(self._finished.get(), self.timeout)
@@ -176,7 +206,8 @@ class StreamlitSession:
             if status == ForwardMsg.FINISHED_WITH_COMPILE_ERROR:
                 raise ClientError("the script failed to compile")
             # FINISHED_EARLY_FOR_RERUN: superseded by our own request; keep waiting
-        result = RunResult(0.0, self._run_elements, self._run_exceptions)
+        result = RunResult(0.0, self._run_elements, self._run_exceptions, blind_s=self._blind,
+                           place_seen=self._place_seen)
         if fetch_media:
             result.media = await asyncio.to_thread(self._fetch_media, result.elements)
         result.seconds = time.perf_counter() - start
