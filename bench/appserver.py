@@ -60,8 +60,12 @@ DEAD_PROXY = "http://127.0.0.1:9"  # the discard port: every outbound HTTP(S) re
 
 @contextmanager
 def streamlit_server(app: str = "app.py", timeout: float = 120.0, env: dict | None = None,
-                     args: tuple[str, ...] = (), fresh_offline: bool = True) -> Iterator[Server]:
+                     args: tuple[str, ...] = (), fresh_offline: bool = True,
+                     command: tuple[str, ...] | None = None, cwd: Path = ROOT) -> Iterator[Server]:
     """Run ``streamlit run <app>`` from the repo root until the block exits.
+
+    ``command``/``cwd``: start it another way instead (``xviz app`` from an installed wheel, run
+    from a folder outside the checkout); the server options below are appended to ``command``.
 
     ``fresh_offline``: run it as on a classroom laptop that has never downloaded anything and has no
     internet: an empty torch.hub cache and a proxy that refuses every outbound request, so "Best
@@ -82,12 +86,12 @@ def streamlit_server(app: str = "app.py", timeout: float = 120.0, env: dict | No
             child_env[name] = DEAD_PROXY
         child_env["NO_PROXY"] = child_env["no_proxy"] = "127.0.0.1,localhost"
     child_env.update(env or {})
-    cmd = [sys.executable, "-m", "streamlit", "run", app, "--server.headless", "true",
+    cmd = [*(command or (sys.executable, "-m", "streamlit", "run", app)), "--server.headless", "true",
            "--server.port", str(port), "--server.address", "127.0.0.1",
            "--server.fileWatcherType", "none", "--server.runOnSave", "false", *args]
     with open(log, "wb") as out:
         started = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=cwd, env=child_env, stdout=out, stderr=subprocess.STDOUT)
     server = Server(url, port, proc, started, log)
     try:
         deadline = time.monotonic() + timeout

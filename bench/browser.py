@@ -44,7 +44,7 @@ def browser_missing_reason() -> str | None:
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
-        return "playwright is not installed: pip install -r requirements-dev.txt"
+        return "playwright is not installed: pip install -e '.[dev]'"
     if not Path(CHROMIUM).exists():
         return f"no browser at {CHROMIUM}: apt-get install chromium (CI's .ci/run does)"
     return None

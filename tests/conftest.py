@@ -153,3 +153,11 @@ def _apptest_stays_in_navigation_mode():
 
     with legacy_pages.navigation_mode_only():
         yield
+
+
+@pytest.fixture(scope="session")
+def installed_wheel(tmp_path_factory):
+    """A wheel of the checkout installed into a fresh virtual environment (see tests/wheel_env.py)."""
+    from wheel_env import build_and_install
+
+    return build_and_install(tmp_path_factory.mktemp("wheel"))

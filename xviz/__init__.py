@@ -6,6 +6,8 @@
 >>> m.predict(img, k=3)
 """
 
+__version__ = "0.1.0"
+
 from . import inference  # noqa: F401  (the queue: xviz.inference.InferenceQueue, backend())
 from .activations import activations, capture
 from .attributions import gradcam  # noqa: F401  (the other methods: xviz.attributions)

