@@ -81,8 +81,8 @@ def app_script() -> Path:
     """The Streamlit app's entry script: the wheel's copy, else the checkout's.
 
     The app is written once, at the top of the checkout (``streamlit run app.py``); a wheel carries
-    an exact copy of that folder as ``xviz/_app`` (see ``pyproject.toml``: app.py, pages/ and
-    .streamlit/config.toml). An editable install or a plain checkout has no copy: it runs the
+    an exact copy of that folder as ``xviz/_app`` (app.py, pages/, .streamlit/config.toml; why:
+    ``hatch_build.py``). An editable install or a plain checkout has no copy: it runs the
     checkout's own app.py.
     """
     package = Path(__file__).resolve().parent
