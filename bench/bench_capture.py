@@ -19,7 +19,7 @@ from xviz import flows
 from xviz.figures import maps as M
 
 SIZE = 299
-PHOTO = Path(__file__).resolve().parent.parent / "assets" / "examples" / "coffee.jpg"
+PHOTO = Path(__file__).resolve().parent.parent / "xviz" / "data" / "examples" / "coffee.jpg"
 BUSIEST_LAYER = "block2_sepconv2_act"  # 128 channels of 147×147: the largest grid the app draws
 
 

@@ -61,14 +61,14 @@ HEAVY_PAGES = {"feature maps": ("feature_maps", "feature"), "grad-cam": ("gradca
 
 def unique_photos(n: int, seed: int = 0) -> list[tuple[str, bytes]]:
     """``n`` distinct JPEGs: random crops (70-100% of each side) of the kitchenware photos, or of
-    assets/examples when the demo package is missing."""
+    xviz/data/examples when the demo package is missing."""
     from PIL import Image
 
     import xviz.weights as W
 
     kdir = W.kitchenware_dir()
     sources = sorted((kdir / "datasets" / "kitchenware-data" / "images").glob("*.jpg")) if kdir else []
-    sources = sources or sorted((ROOT / "assets" / "examples").glob("*.jpg"))
+    sources = sources or sorted((ROOT / "xviz" / "data" / "examples").glob("*.jpg"))
     rng = random.Random(seed)
     photos = []
     for i in range(n):

@@ -13,7 +13,7 @@ Fixtures:
     kitchenware_state_dict   its weights in xviz layout, contiguous CPU tensors (read-only).
     keras_reference          dict of tests/data/keras_reference.npz (see make_keras_reference.py).
     keras2_layout            dict of tests/data/keras2_h5_layout.json (a real Keras-2 .h5's structure).
-    example_photos           sorted Paths of assets/examples/*.jpg.
+    example_photos           sorted Paths of xviz/data/examples/*.jpg.
     photo                    one real photo as an RGB ``PIL.Image`` (via ``xviz.load_image``).
     open_app                 starts app.py in AppTest on the demo model, optionally on a page.
     offline                  no network for the test, and an empty ``TORCH_HOME`` (returns its Path).
@@ -96,9 +96,9 @@ def keras2_layout() -> dict:
 
 @pytest.fixture(scope="session")
 def example_photos() -> list[Path]:
-    paths = sorted((REPO / "assets" / "examples").glob("*.jpg"))
+    paths = sorted((REPO / "xviz" / "data" / "examples").glob("*.jpg"))
     if not paths:
-        pytest.skip("assets/examples/ has no photos")
+        pytest.skip("xviz/data/examples/ has no photos")
     return paths
 
 

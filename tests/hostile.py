@@ -25,7 +25,7 @@ from PIL import Image
 from xviz.images import MAX_BYTES, MAX_PIXELS
 
 ROOT = Path(__file__).resolve().parent.parent
-PHOTO = ROOT / "assets" / "examples" / "coffee.jpg"  # a real 600x400 photo; the kitchenware model calls it a cup
+PHOTO = ROOT / "xviz" / "data" / "examples" / "coffee.jpg"  # a real 600x400 photo; the kitchenware model calls it a cup
 
 
 @dataclass(frozen=True)

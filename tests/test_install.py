@@ -18,6 +18,8 @@ def test_wheel_carries_the_package_data_and_the_app(installed_wheel):
         config = whl.read("xviz/_app/.streamlit/config.toml")
         entry_points = whl.read(next(n for n in names if n.endswith(".dist-info/entry_points.txt"))).decode()
     assert {"xviz/py.typed", "xviz/data/imagenet_labels.txt", "xviz/_app/app.py"} <= names
+    photos = {f"xviz/data/examples/{p.name}" for p in (REPO / "xviz" / "data" / "examples").glob("*.jpg")}
+    assert photos and photos <= names, photos - names  # the app's example photos
     pages = {f"xviz/_app/{page.path}" for page in registered_pages(REPO)}
     assert pages and pages <= names, pages - names
     # the app's settings (upload limit, XSRF, usage statistics) are the checkout's file, not a copy of it

@@ -10,7 +10,7 @@ from streamlit.testing.v1 import AppTest
 
 from helpers import ROOT, mentions
 
-EXAMPLES = ROOT / "assets" / "examples"
+EXAMPLES = ROOT / "xviz" / "data" / "examples"
 
 
 @pytest.fixture

@@ -29,7 +29,8 @@ from hostile import case as hostile_case  # noqa: E402
 from playwright.sync_api import expect  # noqa: E402  (after the skips: playwright may be missing)
 
 PAGES = registered_pages(ROOT)
-CAT = ROOT / "assets" / "examples" / "cat.jpg"
+EXAMPLES = ROOT / "xviz" / "data" / "examples"
+CAT = EXAMPLES / "cat.jpg"
 RENDERED = ("stPlotlyChart", "stImage", "stDataFrame", "stTable", "stVegaLiteChart", "stGraphVizChart")
 
 
@@ -103,8 +104,8 @@ def assert_rendered(app: App) -> None:
 
 def test_app_opens_on_predictions(app: App, model):
     assert app.page.title().startswith("xviz")
-    expect_predictions(app, top_labels(model, ROOT / "assets" / "examples" / "coffee.jpg"))
-    assert top_labels(model, ROOT / "assets" / "examples" / "coffee.jpg", 1) == ["cup"]
+    expect_predictions(app, top_labels(model, EXAMPLES / "coffee.jpg"))
+    assert top_labels(model, EXAMPLES / "coffee.jpg", 1) == ["cup"]
     assert "kitchenware" in weights_line(app)
     assert_rendered(app)
     app.assert_clean()

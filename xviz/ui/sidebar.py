@@ -16,8 +16,8 @@ from xviz.ui.presenter import presenter_sidebar
 from xviz.ui.state import (EXAMPLE, IMAGE_BYTES, IMAGE_ERROR, IMAGE_NAME, IMAGE_SOURCE, INPUT_SIZE, LABELS_UPLOAD,
                            MODEL_ERROR, MODEL_SOURCE, SEEN_UPLOAD, WEIGHTS_UPLOAD)
 
-ASSETS = Path(__file__).resolve().parents[2] / "assets"
-EXAMPLES = ASSETS / "examples"
+# package data (like the label files), so an installed xviz has the photos too, not only a checkout
+EXAMPLES = Path(__file__).resolve().parents[1] / "data" / "examples"
 
 MODEL_CHOICES = {
     "auto": "Best available",
@@ -32,7 +32,7 @@ INPUT_SIZES = (0, 150, 224, 299, 384)  # 0 = native; every size >= 71 works, the
 # -- the image --------------------------------------------------------------------------------
 
 def example_images() -> dict[str, Path]:
-    """Bundled photos (assets/examples) plus the kitchenware package's photos when installed."""
+    """Bundled photos (xviz/data/examples) plus the kitchenware package's photos when installed."""
     # coffee first: both the ImageNet and the kitchenware model have something to say about a cup
     order = {"coffee": 0, "cat": 1, "rocket": 2, "astronaut": 3}
     paths = sorted(EXAMPLES.glob("*.jpg"), key=lambda p: (order.get(p.stem, 99), p.stem))
