@@ -14,7 +14,9 @@ same uploads, same /media fetches) and cost the client almost nothing.
 
 Every fifth student first uploads something that isn't a usable photo (from tests/hostile.py: an
 empty file, a renamed ZIP, a decompression bomb, a 26 MB file, ...) and must get the sidebar's
-error, with the previous image still in use, before uploading the real one.
+error, with the previous image still in use, before uploading the real one (into the emptied,
+re-keyed uploader). These clients skip the browser, so the 26 MB file does reach the server (a
+browser would refuse it: the photo uploader's limit is 25 MB) and is refused and let go there.
 
 Pass: 0 errors (exceptions shown, failed runs, missing charts, a session seeing another's photo),
 peak RSS of the server's process tree <= 2 GB. Issue 11's time budgets are printed, with whether

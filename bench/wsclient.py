@@ -8,13 +8,16 @@ the file uploader's widget state pointing at it. This module does exactly that, 
 own protobuf classes, so 30 sessions cost the server what 30 students cost it, and the client side
 costs almost nothing (30 Chromium tabs on 2 cores would measure the browsers, not the server).
 
-Widget ids are learnt from the deltas: a widget made with ``key=k`` has an id ending in ``-k``.
-Images are fetched from their ``/media`` URLs as a browser would.
+Widget ids are learnt from the deltas: a widget made with ``key=k`` has an id ending in ``-k``; an
+uploader the app re-keyed to empty it (``k_1``, ``k_2``, ...) is still found as ``k``. As in a
+browser, a finished run drops the values of widgets it no longer showed. Images are fetched from
+their ``/media`` URLs as a browser would.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import urllib.error
 import urllib.request
@@ -67,7 +70,8 @@ class StreamlitSession:
         self.pages: dict[str, str] = {}  # url_pathname -> page_script_hash
         self.page_hash = ""
         self.widgets: dict[str, WidgetState] = {}  # widget id -> the value we hold for it
-        self.widget_ids: dict[str, str] = {}  # user key -> widget id
+        self.widget_ids: dict[str, str] = {}  # user key -> widget id, the most recently shown last
+        self._run_widgets: set[str] = set()  # widget ids shown by the run in progress
         self._xsrf = ""
         self._ws = None
         self._reader: asyncio.Task | None = None
@@ -133,7 +137,8 @@ class StreamlitSession:
             if kind == "script_finished" and msg.script_finished in (
                     ForwardMsg.FINISHED_SUCCESSFULLY, ForwardMsg.FINISHED_FRAGMENT_RUN_SUCCESSFULLY):
                 self._last_change = None
-        if kind == "new_session":
+        if kind == "new_session":  # sent at the start of every run
+            self._run_widgets = set()
             self.session_id = msg.new_session.initialize.session_id or self.session_id
         elif kind == "navigation":
             # a run can send several; the last one of the run is st.navigation's final page list
@@ -153,7 +158,9 @@ class StreamlitSession:
             widget_id = getattr(el, "id", "")
             if widget_id and isinstance(widget_id, str):
                 key = widget_id.rsplit("-", 1)[-1]
+                self.widget_ids.pop(key, None)
                 self.widget_ids[key] = widget_id
+                self._run_widgets.add(widget_id)
             if el_kind == "exception":
                 self._run_exceptions.append(f"{el.type}: {el.message}")
         elif kind == "file_urls_response":
@@ -161,6 +168,9 @@ class StreamlitSession:
             if fut is not None and not fut.done():
                 fut.set_result(msg.file_urls_response)
         elif kind == "script_finished":
+            if msg.script_finished == ForwardMsg.FINISHED_SUCCESSFULLY:
+                # the browser forgets the widgets a complete run no longer shows (e.g. a re-keyed uploader)
+                self.widgets = {i: w for i, w in self.widgets.items() if i in self._run_widgets}
             self._finished.put_nowait(msg.script_finished)
         elif kind == "ref_hash":
             # we never announce cached messages, so the server must not refer to one
@@ -221,10 +231,11 @@ class StreamlitSession:
         return len(urls)
 
     def widget_id(self, key: str) -> str:
-        try:
-            return self.widget_ids[key]
-        except KeyError:
-            raise ClientError(f"no widget with key {key!r} has been shown yet") from None
+        """The id of the widget with ``key``, or of its latest re-keyed copy (``key_<n>``)."""
+        same = [k for k in self.widget_ids if k == key or re.fullmatch(rf"{re.escape(key)}_\d+", k)]
+        if not same:
+            raise ClientError(f"no widget with key {key!r} has been shown yet")
+        return self.widget_ids[same[-1]]
 
     def set_string(self, key: str, value: str) -> None:
         ws = WidgetState(id=self.widget_id(key), string_value=value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -60,3 +61,11 @@ def mentions(texts, *parts: str) -> bool:
 def image_captions(at: AppTest) -> list[str]:
     """The captions of every image the run drew (``st.image`` with one or several pictures)."""
     return [c for kind in ("image", "imgs") for img in at.get(kind) for c in img.captions]
+
+
+def uploader(at: AppTest, name: str):
+    """The sidebar's uploader ``name`` (``xviz.ui.uploads.PHOTO``, ``WEIGHTS``) under its current key:
+    each refused file re-keys it (``name_1``, ``name_2``, ...) to empty it."""
+    found = [u for u in at.sidebar.file_uploader if re.fullmatch(rf"{re.escape(name)}(_\d+)?", u.key or "")]
+    assert len(found) == 1, [u.key for u in at.sidebar.file_uploader]
+    return found[0]

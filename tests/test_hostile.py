@@ -16,8 +16,9 @@ from streamlit.testing.v1 import AppTest
 
 import xviz
 import xviz.weights as W
-from helpers import start_app
+from helpers import start_app, uploader
 from hostile import Case, corpus, invalid_cases, valid_cases
+from xviz.ui import uploads
 
 
 def is_sentence(message: str) -> bool:
@@ -87,7 +88,7 @@ def app():
 
 
 def upload(at: AppTest, case: Case) -> AppTest:
-    at.sidebar.file_uploader(key="image_uploader").set_value((case.filename, case.data, case.mime))
+    uploader(at, uploads.PHOTO).set_value((case.filename, case.data, case.mime))
     return at.run()
 
 

@@ -24,7 +24,8 @@ from safetensors.torch import save as safetensors_bytes
 from streamlit.testing.v1 import AppTest
 
 import xviz
-from helpers import start_app
+from helpers import start_app, uploader
+from xviz.ui import uploads
 from xviz.weights import config_to_json
 
 
@@ -80,7 +81,7 @@ def app(tmp_path, monkeypatch):
 
 
 def upload_weights(at: AppTest, name: str, data: bytes) -> AppTest:
-    at.sidebar.file_uploader(key="weights_uploader").set_value((name, data, "application/octet-stream"))
+    uploader(at, uploads.WEIGHTS).set_value((name, data, "application/octet-stream"))
     return at.run()
 
 

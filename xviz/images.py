@@ -29,11 +29,7 @@ def load_image(data: bytes, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ImageError(f"Expected the image as bytes, got {type(data).__name__}.")
-    if len(data) == 0:
-        raise ImageError("The file is empty. Choose a photo (JPEG or PNG) and upload it again.")
-    if len(data) > MAX_BYTES:
-        raise ImageError(f"The file is {len(data) / 2**20:.1f} MB; images up to {MAX_BYTES // 2**20} MB "
-                         "are accepted. Save a smaller copy of the photo and upload that.")
+    check_size(len(data))
     try:
         # PIL only warns between 89 and 179 MP; our own, lower limit below applies before decoding.
         # (No warnings.catch_warnings here: it isn't thread-safe, and Streamlit sessions are threads.)
@@ -64,6 +60,20 @@ def load_image(data: bytes, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
     except Exception as exc:
         raise ImageError(f"This image is incomplete or damaged ({exc}). "
                          "Upload it again, or try another file.") from None
+
+
+def check_size(nbytes: int) -> None:
+    """Refuse an image of ``nbytes`` bytes before anything reads it (``load_image`` does this first;
+    the app does it before hashing an upload).
+
+    Raises:
+        ImageError: empty, or more than ``MAX_BYTES``.
+    """
+    if nbytes == 0:
+        raise ImageError("The file is empty. Choose a photo (JPEG or PNG) and upload it again.")
+    if nbytes > MAX_BYTES:
+        raise ImageError(f"The file is {nbytes / 2**20:.1f} MB; images up to {MAX_BYTES // 2**20} MB "
+                         "are accepted. Save a smaller copy of the photo and upload that.")
 
 
 def _too_many_pixels(size: tuple[int, int] | None, max_pixels: int) -> ImageError:

@@ -14,6 +14,7 @@ import xviz
 import xviz.weights as W
 from bench.browser import AppTab as App
 from bench.browser import browser_missing_reason, registered_pages
+from xviz.ui import uploads
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,8 +51,13 @@ def choose_upload(app: App) -> None:
     app.act(lambda: keyed(app, "image_source").get_by_text("Upload", exact=True).click())
 
 
+def photo_uploader(app: App):
+    """The photo uploader under its current key (a refused file re-keys it: image_uploader_1, ...)."""
+    return app.sidebar.locator(f"[class*='st-key-{uploads.PHOTO}']")
+
+
 def upload(app: App, name: str, data: bytes, mime: str) -> None:
-    dropzone = keyed(app, "image_uploader").get_by_test_id("stFileUploaderDropzoneInput")
+    dropzone = photo_uploader(app).get_by_test_id("stFileUploaderDropzoneInput")
     app.act(lambda: dropzone.set_input_files({"name": name, "mimeType": mime, "buffer": data}))
 
 
@@ -141,7 +147,7 @@ def test_switching_pages_keeps_image_and_model(app: App, model):
     for entry in PAGES[1:] + PAGES[:1]:  # every other page, then back to Predict
         app.go_to(entry.title)
         assert weights_line(app) == weights, f"the model changed on {entry.title}"
-        assert keyed(app, "image_uploader").get_by_test_id("stFileChipName").inner_text() == "cat.jpg", entry.title
+        assert photo_uploader(app).get_by_test_id("stFileChipName").inner_text() == "cat.jpg", entry.title
         assert keyed(app, "image_source").get_by_role("radio", name="Upload").is_checked(), entry.title
     expect_caption(app, "upload: cat.jpg")
     expect_predictions(app, top_labels(model, CAT))
@@ -157,6 +163,7 @@ def test_bad_uploads_keep_the_previous_image(app: App, model):
     html = hostile_case("html_as_png")
     upload(app, html.filename, html.data, html.mime)
     expect_sidebar_error(app, html.filename, "not an image", "The previous image is still in use.")
+    expect(photo_uploader(app).get_by_test_id("stFileChip")).to_have_count(0)  # emptied: the file is let go
     expect_caption(app, "upload: cat.jpg")
     expect_predictions(app, cat_labels)
     app.screenshot("bad_upload")
@@ -169,16 +176,21 @@ def test_bad_uploads_keep_the_previous_image(app: App, model):
     app.assert_clean()
 
 
-def test_over_limit_photo_gets_a_clear_message(app: App, model, tmp_path):
-    """The server accepts up to 400 MB (weights files); a photo over load_image's 25 MB reaches the
-    script and is refused there with a sentence, like any other bad upload."""
+def test_over_limit_photo_is_refused_by_the_browser_with_a_message(app: App, model, tmp_path):
+    """A photo over 25 MB never leaves the browser (the uploader's own limit; the server's is 128 MB
+    for weights files). The browser marks the file red and says why only in a tooltip, so the limit
+    is written under the uploader; nothing reruns and the previous photo stays in use."""
     choose_upload(app)
     upload(app, "cat.jpg", CAT.read_bytes(), "image/jpeg")
     big = hostile_case("over_byte_limit")
     path = tmp_path / big.filename  # a path, not a buffer: 26 MB through the driver's pipe takes ~25 s
     path.write_bytes(big.data)
-    app.act(lambda: keyed(app, "image_uploader").get_by_test_id("stFileUploaderDropzoneInput").set_input_files(path))
-    expect_sidebar_error(app, big.filename, "images up to 25 MB are accepted", "The previous image is still in use.")
+    photo_uploader(app).get_by_test_id("stFileUploaderDropzoneInput").set_input_files(path)
+    refused = photo_uploader(app).locator("[data-testid='stFileChip'][aria-invalid='true']")
+    expect(refused).to_contain_text(big.filename)
+    expect(refused.get_by_role("alert")).to_contain_text("File must be 25.0MB or smaller.")
+    expect(app.sidebar.get_by_text(f"Photos up to {uploads.PHOTO_MAX_MB} MB")).to_be_visible()
+    expect(app.sidebar.get_by_test_id("stAlertContentError")).to_have_count(0)  # the server never saw it
     expect_caption(app, "upload: cat.jpg")
     expect_predictions(app, top_labels(model, CAT))
     app.screenshot("over_limit_upload")

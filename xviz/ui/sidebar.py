@@ -11,10 +11,11 @@ import streamlit as st
 
 import xviz
 from xviz import weights as W
-from xviz.ui import cache, state
+from xviz.images import check_size
+from xviz.ui import cache, state, uploads
 from xviz.ui.presenter import presenter_sidebar
 from xviz.ui.state import (EXAMPLE, IMAGE_BYTES, IMAGE_ERROR, IMAGE_NAME, IMAGE_SOURCE, INPUT_SIZE, LABELS_UPLOAD,
-                           MODEL_ERROR, MODEL_SOURCE, SEEN_UPLOAD, WEIGHTS_UPLOAD)
+                           MODEL_ERROR, MODEL_SOURCE, WEIGHTS_UPLOAD)
 
 # package data (like the label files), so an installed xviz has the photos too, not only a checkout
 EXAMPLES = Path(__file__).resolve().parents[1] / "data" / "examples"
@@ -46,6 +47,7 @@ def example_images() -> dict[str, Path]:
 
 def _set_image(data: bytes, name: str) -> bool:
     try:
+        check_size(len(data))  # before hashing: a client that skips the browser can send 128 MB
         cache.decode_image(cache.sha256(data), data)
     except xviz.ImageError as exc:
         st.session_state[IMAGE_ERROR] = f"{name}: {exc}"
@@ -54,6 +56,17 @@ def _set_image(data: bytes, name: str) -> bool:
     st.session_state[IMAGE_NAME] = name
     st.session_state.pop(IMAGE_ERROR, None)
     return True
+
+
+def _take_photo(uploader: str) -> None:
+    """``on_change`` of the photo uploader and the camera: use the new picture, or refuse it and let
+    go of it at once (the previous image stays in use)."""
+    file = uploads.current(uploader)
+    if file is None:  # the student removed it: the image in use stays
+        return
+    name = "camera photo" if uploader == uploads.CAMERA else f"upload: {state.safe_display(file.name)}"
+    if not _set_image(file.getvalue(), name):
+        uploads.release(uploader, file)
 
 
 def _image_sidebar():
@@ -66,11 +79,11 @@ def _image_sidebar():
         if choice and st.session_state.get(IMAGE_NAME) != f"example: {choice}":
             _set_image(examples[choice].read_bytes(), f"example: {choice}")
     elif source == "Upload":
-        up = st.sidebar.file_uploader("Your photo", type=None, key="image_uploader",
-                                      help="JPEG, PNG, WebP, GIF, BMP or TIFF, up to 25 MB.")
-        if up is not None and st.session_state.get(SEEN_UPLOAD) != up.file_id:
-            st.session_state[SEEN_UPLOAD] = up.file_id
-            _set_image(up.getvalue(), f"upload: {state.safe_display(up.name)}")
+        # the browser refuses a bigger file before sending it, but says so only in a tooltip: hence the caption
+        st.sidebar.file_uploader("Your photo", key=uploads.key(uploads.PHOTO), max_upload_size=uploads.PHOTO_MAX_MB,
+                                 on_change=_take_photo, args=(uploads.PHOTO,),
+                                 help="JPEG, PNG, WebP, GIF, BMP or TIFF.")
+        st.sidebar.caption(uploads.PHOTO_LIMIT_NOTE)
     else:
         blocked = camera_blocked(st.context.url)
         if blocked:
@@ -78,10 +91,8 @@ def _image_sidebar():
         else:
             st.sidebar.caption("The camera works when the app is opened on localhost or over HTTPS; "
                                "on plain http from another machine the browser blocks it.")
-        shot = st.sidebar.camera_input("Take a photo", key="camera")
-        if shot is not None and st.session_state.get(SEEN_UPLOAD) != shot.file_id:
-            st.session_state[SEEN_UPLOAD] = shot.file_id
-            _set_image(shot.getvalue(), "camera photo")
+        st.sidebar.camera_input("Take a photo", key=uploads.key(uploads.CAMERA), on_change=_take_photo,
+                                args=(uploads.CAMERA,))
     if IMAGE_ERROR in st.session_state:
         kept = " The previous image is still in use." if IMAGE_BYTES in st.session_state else ""
         st.sidebar.error(st.session_state[IMAGE_ERROR] + kept)
@@ -117,11 +128,13 @@ def _model_sidebar():
     st.sidebar.selectbox("Weights", list(MODEL_CHOICES), format_func=MODEL_CHOICES.get, key=MODEL_SOURCE)
     if st.session_state.get(MODEL_SOURCE) == "upload":
         w = st.sidebar.file_uploader("Weights file", type=[s.lstrip(".") for s in W.WEIGHT_SUFFIXES],
-                                     key="weights_uploader",
+                                     key=uploads.key(uploads.WEIGHTS), max_upload_size=uploads.WEIGHTS_MAX_MB,
                                      help="An Xception state dict (.pth/.pt/.safetensors; xviz or timm "
                                           "layout) or a Keras .h5/.keras file. Loaded without "
                                           "executing anything in it.")
-        lab = st.sidebar.file_uploader("Labels (optional)", type=["txt", "json"], key="labels_uploader",
+        st.sidebar.caption(uploads.WEIGHTS_LIMIT_NOTE)
+        lab = st.sidebar.file_uploader("Labels (optional)", type=["txt", "json"], key=uploads.LABELS,
+                                       max_upload_size=uploads.LABELS_MAX_MB,
                                        help="One class name per line, or a JSON list.")
         st.session_state[WEIGHTS_UPLOAD] = (w.name, w.getvalue()) if w is not None else None
         st.session_state[LABELS_UPLOAD] = (lab.name, lab.getvalue()) if lab is not None else None

@@ -11,17 +11,17 @@ from PIL import Image
 
 import xviz
 from xviz.errors import XvizError
-from xviz.ui import cache, legacy_pages
+from xviz.ui import cache, legacy_pages, uploads
 
 # session keys, in one place so pages never invent their own spellings
 IMAGE_BYTES = "image_bytes"  # bytes of the current image (survives page switches)
 IMAGE_NAME = "image_name"  # where it came from, for captions
 IMAGE_ERROR = "image_error"  # message of the last rejected upload, shown once
-SEEN_UPLOAD = "seen_upload"  # file_id of the upload already processed
 MODEL_SOURCE = "model_source"  # a key of sidebar.MODEL_CHOICES
 WEIGHTS_UPLOAD = "weights_upload"  # (name, bytes) of the user's own weights file
 LABELS_UPLOAD = "labels_upload"  # (name, bytes) of the user's labels file
 MODEL_ERROR = "model_error"
+WEIGHTS_REFUSED = "weights_refused"  # why the last uploaded weights file was refused (and let go)
 INPUT_SIZE = "input_size"  # 0: the weights' own size
 IMAGE_SOURCE = "image_source"
 EXAMPLE = "example"
@@ -60,16 +60,8 @@ def load_selected_model() -> xviz.LoadedModel | None:
     source = st.session_state.get(MODEL_SOURCE, "auto")
     st.session_state.pop(MODEL_ERROR, None)
     if source == "upload":
-        upload = st.session_state.get(WEIGHTS_UPLOAD)
-        if upload is None:
-            return None
-        labels = st.session_state.get(LABELS_UPLOAD)
-        try:
-            return cache.uploaded_model(cache.sha256(upload[1]), cache.sha256(labels[1]) if labels else "",
-                                   safe_display(upload[0]), upload, labels)
-        except XvizError as exc:
-            st.session_state[MODEL_ERROR] = str(exc)
-            return None
+        return _uploaded_model()
+    st.session_state.pop(WEIGHTS_REFUSED, None)
     bar = st.empty()
 
     def progress(done: int, total: int):
@@ -84,6 +76,31 @@ def load_selected_model() -> xviz.LoadedModel | None:
         return None
     finally:
         bar.empty()
+
+
+def _uploaded_model() -> xviz.LoadedModel | None:
+    """The model in the sidebar's weights uploader. A refused weights file is let go at once (the
+    uploader is emptied and the run starts over) and why it was refused stays on show."""
+    upload = st.session_state.get(WEIGHTS_UPLOAD)
+    if upload is None:
+        if WEIGHTS_REFUSED in st.session_state:
+            st.session_state[MODEL_ERROR] = st.session_state[WEIGHTS_REFUSED]
+        return None
+    st.session_state.pop(WEIGHTS_REFUSED, None)
+    labels = st.session_state.get(LABELS_UPLOAD)
+    try:
+        return cache.uploaded_model(cache.sha256(upload[1]), cache.sha256(labels[1]) if labels else "",
+                                    safe_display(upload[0]), upload, labels)
+    except XvizError as exc:
+        st.session_state[MODEL_ERROR] = str(exc)
+        file = uploads.current(uploads.WEIGHTS)
+        if isinstance(exc, xviz.LabelsError) or file is None:  # the labels' fault: the weights are fine
+            return None
+        st.session_state[WEIGHTS_REFUSED] = str(exc)
+        st.session_state[WEIGHTS_UPLOAD] = None
+        uploads.release(uploads.WEIGHTS, file)
+        st.rerun()  # draw the emptied uploader now; the refused file's last reference goes with the old one
+
 
 def current_model() -> xviz.LoadedModel | None:
     """The model chosen in the sidebar at the chosen input size."""
