@@ -5,6 +5,8 @@ What they cost a real server is measured in tests/e2e/test_upload_limits.py (and
 
 from __future__ import annotations
 
+import threading
+import time
 import tomllib
 from pathlib import Path
 
@@ -40,6 +42,47 @@ def test_weights_limit_fits_real_xception_checkpoints():
     if demo is not None:
         assert demo.stat().st_size < browser_limit
     assert uploads.WEIGHTS_MAX_MB < 2 * W.IMAGENET.num_bytes / 10**6  # a margin, not room for anything
+
+
+def test_one_weights_read_at_a_time_and_the_others_are_told():
+    reads = uploads.OneAtATime()
+    first_in, let_go = threading.Event(), threading.Event()
+    inside, most, told = [0], [0], []
+    lock = threading.Lock()
+
+    def read(i: int):
+        with reads.turn(on_wait=lambda: told.append(i)):
+            with lock:
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+            if i == 0:
+                first_in.set()
+                let_go.wait(10)
+            time.sleep(0.01)
+            with lock:
+                inside[0] -= 1
+
+    threads = [threading.Thread(target=read, args=(0,))]
+    threads[0].start()
+    assert first_in.wait(10)
+    threads += [threading.Thread(target=read, args=(i,)) for i in range(1, 5)]
+    for t in threads[1:]:
+        t.start()
+    deadline = time.monotonic() + 10
+    while len(told) < 4 and time.monotonic() < deadline:  # all four queue behind the first read
+        time.sleep(0.01)
+    let_go.set()
+    for t in threads:
+        t.join(10)
+    assert sorted(told) == [1, 2, 3, 4]
+    assert most[0] == 1
+
+
+def test_a_free_turn_says_nothing():
+    told = []
+    with uploads.OneAtATime().turn(on_wait=lambda: told.append(1)):
+        pass
+    assert told == []
 
 
 # -- the sidebar (AppTest, the real demo model) ------------------------------------------------

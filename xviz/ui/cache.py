@@ -18,6 +18,7 @@ from PIL import Image
 
 import xviz
 from xviz import weights as W
+from xviz.ui import uploads
 
 if TYPE_CHECKING:
     from xviz.ui.state import Selection
@@ -29,12 +30,42 @@ def builtin_model(source: str, _progress=None) -> xviz.LoadedModel:
     return xviz.load_model(source, progress=_progress)
 
 
-@st.cache_resource(show_spinner=False, max_entries=2)
-def uploaded_model(weights_sha: str, labels_sha: str, display_name: str, _weights: tuple[str, bytes],
-                    _labels: tuple[str, bytes] | None) -> xviz.LoadedModel:
-    """A model from uploaded bytes. The upload's name never becomes a path: only its extension is
-    kept (from an allow-list) on a temp file xviz creates itself."""
-    name, data = _weights
+# Models read from uploaded files: two kept for all sessions (LRU), and one file read at a time on the
+# whole server, since a read holds the file, its tensors and the new model at once. Not
+# st.cache_resource: whoever queues for a read is told so on the page, and a cached function would
+# record that message and replay it on every later hit.
+_uploaded = cachetools.LRUCache(maxsize=2)
+_uploaded_lock = threading.Lock()  # guards _uploaded
+_weights_reads = uploads.OneAtATime()
+
+
+def uploaded_model(weights_sha: str, labels_sha: str, display_name: str, weights: tuple[str, bytes],
+                   labels: tuple[str, bytes] | None, on_wait=None) -> xviz.LoadedModel:
+    """The model in uploaded ``weights`` (name, bytes), with optional ``labels`` (name, bytes).
+
+    Read at most one file at a time per server: ``on_wait()`` is called if this one has to queue.
+    Models are kept by content (the shas), so a file already read is never read again."""
+    key = (weights_sha, labels_sha, display_name)
+    with _uploaded_lock:
+        hit = _uploaded.get(key)
+    if hit is not None:
+        return hit
+    with _weights_reads.turn(on_wait):
+        with _uploaded_lock:
+            hit = _uploaded.get(key)  # read by another session while this one waited
+        if hit is not None:
+            return hit
+        model = _read_uploaded(weights, labels, display_name)
+    with _uploaded_lock:
+        _uploaded[key] = model
+    return model
+
+
+def _read_uploaded(weights: tuple[str, bytes], labels: tuple[str, bytes] | None,
+                   display_name: str) -> xviz.LoadedModel:
+    """The upload's name never becomes a path: only its extension is kept (from an allow-list) on a
+    temp file xviz creates itself."""
+    name, data = weights
     suffix = Path(name).suffix.lower()
     if suffix not in W.WEIGHT_SUFFIXES:
         raise xviz.WeightsError(f"{suffix or 'This file type'} is not a weights format xviz reads. "
@@ -42,16 +73,16 @@ def uploaded_model(weights_sha: str, labels_sha: str, display_name: str, _weight
     with tempfile.TemporaryDirectory(prefix="xviz-upload-") as tmp:
         path = Path(tmp) / f"weights{suffix}"
         path.write_bytes(data)
-        labels = None
-        if _labels is not None:
-            labels_name, labels_data = _labels
+        parsed = None
+        if labels is not None:
+            labels_name, labels_data = labels
             try:
                 text = labels_data.decode("utf-8")
             except UnicodeDecodeError:
                 raise xviz.LabelsError("The labels file is not UTF-8 text. Save it as plain text, "
                                        "one class name per line.") from None
-            labels = xviz.loaded.parse_labels(text, labels_name.lower().endswith(".json"))
-        return xviz.load_file(path, labels=labels, display_name=display_name)
+            parsed = xviz.loaded.parse_labels(text, labels_name.lower().endswith(".json"))
+        return xviz.load_file(path, labels=parsed, display_name=display_name)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)

@@ -88,9 +88,12 @@ def _uploaded_model() -> xviz.LoadedModel | None:
         return None
     st.session_state.pop(WEIGHTS_REFUSED, None)
     labels = st.session_state.get(LABELS_UPLOAD)
+    waiting = st.sidebar.empty()
     try:
-        return cache.uploaded_model(cache.sha256(upload[1]), cache.sha256(labels[1]) if labels else "",
-                                    safe_display(upload[0]), upload, labels)
+        with st.spinner("Reading the weights file…"):
+            return cache.uploaded_model(cache.sha256(upload[1]), cache.sha256(labels[1]) if labels else "",
+                                        safe_display(upload[0]), upload, labels,
+                                        on_wait=lambda: waiting.info(uploads.WAITING_FOR_WEIGHTS))
     except XvizError as exc:
         st.session_state[MODEL_ERROR] = str(exc)
         file = uploads.current(uploads.WEIGHTS)
@@ -100,6 +103,8 @@ def _uploaded_model() -> xviz.LoadedModel | None:
         st.session_state[WEIGHTS_UPLOAD] = None
         uploads.release(uploads.WEIGHTS, file)
         st.rerun()  # draw the emptied uploader now; the refused file's last reference goes with the old one
+    finally:
+        waiting.empty()
 
 
 def current_model() -> xviz.LoadedModel | None:

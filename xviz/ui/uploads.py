@@ -10,10 +10,16 @@ students dropping a 300 MB video each used to cost the server 1.2 GB for the res
   is the largest of them: a client that skips the browser and sends more is refused from its
   Content-Length before the body is read;
 - a file xviz refuses is dropped from the server at once and its uploader re-keyed, so it shows empty
-  (:func:`release`).
+  (:func:`release`);
+- uploaded weights files are read one at a time per server (:class:`OneAtATime`): a read holds the
+  file, its tensors and the new model at once.
 """
 
 from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import streamlit as st
 from streamlit.runtime.scriptrunner import get_script_run_ctx
@@ -35,6 +41,8 @@ PHOTO, CAMERA, WEIGHTS, LABELS = "image_uploader", "camera", "weights_uploader",
 PHOTO_LIMIT_NOTE = (f"Photos up to {PHOTO_MAX_MB} MB. A bigger file turns red and is not sent: save a "
                     "smaller copy and upload that; the current photo stays in use.")
 WEIGHTS_LIMIT_NOTE = f"Files up to {WEIGHTS_MAX_MB} MB (an Xception checkpoint is about 90 MB)."
+WAITING_FOR_WEIGHTS = ("Another weights file is being read on this server (one at a time, to keep its "
+                       "memory in bounds); yours is next.")
 
 
 def _generation(name: str) -> str:
@@ -64,3 +72,29 @@ def release(name: str, file: UploadedFile) -> None:
     if ctx is not None:
         ctx.uploaded_file_mgr.remove_file(ctx.session_id, file.file_id)
     st.session_state[_generation(name)] = st.session_state.get(_generation(name), 0) + 1
+
+
+class OneAtATime:
+    """A lock that lets its caller know when it has to wait: heavy work goes through one at a time,
+    and whoever queues can say so on the page.
+
+    Example:
+        >>> reads = OneAtATime()
+        >>> with reads.turn(on_wait=lambda: print("waiting")):
+        ...     pass  # read the file
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def turn(self, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+        """Hold the lock for the block; ``on_wait()`` is called first if someone else holds it."""
+        if not self._lock.acquire(blocking=False):
+            if on_wait is not None:
+                on_wait()
+            self._lock.acquire()
+        try:
+            yield
+        finally:
+            self._lock.release()
