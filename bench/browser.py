@@ -91,6 +91,11 @@ class AppTab:
 
     def open(self, ready: str = CHART_DRAWN, timeout: float = TIMEOUT_MS) -> "AppTab":
         """Load the app and wait until ``ready`` (a selector) is shown and the first run is over."""
+        return self.start().wait_ready(ready, timeout)
+
+    def start(self) -> "AppTab":
+        """Start loading the app without waiting for it (open several tabs at once, then
+        :meth:`wait_ready` on each)."""
 
         def count(_payload):
             self.frames += 1
@@ -110,6 +115,10 @@ class AppTab:
         self.page.add_init_script(COUNT_FRAMES)
         self.page.on("websocket", on_socket)
         self.page.goto(self.url)
+        return self
+
+    def wait_ready(self, ready: str = CHART_DRAWN, timeout: float = TIMEOUT_MS) -> "AppTab":
+        """Wait until ``ready`` (a selector) is shown and the first run is over."""
         self.page.wait_for_selector(ready, timeout=timeout)
         self.page.wait_for_selector(IDLE, timeout=timeout)
         if self.stream is None:

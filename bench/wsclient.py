@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -241,9 +243,8 @@ class StreamlitSession:
         ws = WidgetState(id=self.widget_id(key), string_value=value)
         self.widgets[ws.id] = ws
 
-    async def upload(self, key: str, name: str, data: bytes, mime: str = "image/jpeg") -> None:
-        """Put a file into the uploader with ``key`` (the next rerun sees it), replacing its last file."""
-        widget = self.widget_id(key)
+    async def file_urls(self, name: str):
+        """Where to PUT (and DELETE) a file: what the browser asks before every upload."""
         request_id = uuid.uuid4().hex
         fut = asyncio.get_running_loop().create_future()
         self._file_urls[request_id] = fut
@@ -255,7 +256,12 @@ class StreamlitSession:
         response = await asyncio.wait_for(fut, self.timeout)
         if response.error_msg:
             raise ClientError(f"upload refused: {response.error_msg}")
-        urls = response.file_urls[0]
+        return response.file_urls[0]
+
+    async def upload(self, key: str, name: str, data: bytes, mime: str = "image/jpeg") -> None:
+        """Put a file into the uploader with ``key`` (the next rerun sees it), replacing its last file."""
+        widget = self.widget_id(key)
+        urls = await self.file_urls(name)
         await asyncio.to_thread(self._put, urls.upload_url, name, data, mime)
         previous = self.widgets.get(widget)
         state = WidgetState(id=widget)
@@ -273,6 +279,45 @@ class StreamlitSession:
         body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{safe_name}\"\r\n"
                 f"Content-Type: {mime}\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
         self._request("PUT", path, body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+
+    def put_raw(self, path: str, size: int, *, chunked: bool = False) -> int:
+        """PUT a ``size``-byte file of zeros to ``path`` as a script that skips the browser would, and
+        return the HTTP status. The body is streamed, never built in memory, and sent whole however
+        early the server answers; ``chunked``: without a Content-Length (the server can't know the size
+        before reading). The answer is read in a thread while sending, so an early refusal is seen."""
+        boundary = f"----xviz{uuid.uuid4().hex}"
+        head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.bin\"\r\n"
+                "Content-Type: application/octet-stream\r\n\r\n").encode()
+        tail = f"\r\n--{boundary}--\r\n".encode()
+        host, port = self.url.split("://", 1)[1].split(":")
+        request = (f"PUT {path} HTTP/1.1\r\nHost: {host}:{port}\r\nOrigin: {self.url}\r\n"
+                   f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+                   f"X-Xsrftoken: {self._xsrf}\r\nCookie: {XSRF_COOKIE}={self._xsrf}\r\n"
+                   + ("Transfer-Encoding: chunked\r\n\r\n" if chunked
+                      else f"Content-Length: {len(head) + size + len(tail)}\r\n\r\n")).encode()
+        answer: list[bytes] = []
+        with socket.create_connection((host, int(port)), timeout=self.timeout) as sock:
+            reader = threading.Thread(target=lambda: answer.append(sock.recv(4096)), daemon=True)
+            reader.start()
+
+            def send(data: bytes) -> None:
+                sock.sendall(f"{len(data):x}\r\n".encode() + data + b"\r\n" if chunked else data)
+
+            try:
+                sock.sendall(request)
+                send(head)
+                block = bytes(2**20)
+                for start in range(0, size, len(block)):
+                    send(block[: min(len(block), size - start)])
+                send(tail)
+                if chunked:
+                    sock.sendall(b"0\r\n\r\n")
+            except OSError:  # the server closed the connection after answering: that answer counts
+                pass
+            reader.join(self.timeout)
+        if not answer or not answer[0].startswith(b"HTTP/1.1 "):
+            raise ClientError(f"PUT {path}: no HTTP answer ({answer!r})")
+        return int(answer[0].split()[1])
 
     def _request(self, method: str, path: str, body: bytes | None, headers: dict) -> None:
         url = path if path.startswith("http") else f"{self.url}{path if path.startswith('/') else '/' + path}"
