@@ -9,6 +9,7 @@
 __version__ = "0.1.0"
 
 from . import inference  # noqa: F401  (the queue: xviz.inference.InferenceQueue, backend())
+from . import zoo  # noqa: F401  (xviz.zoo: the architectures compared with Xception)
 from .activations import activations, capture
 from .attributions import gradcam  # noqa: F401  (the other methods: xviz.attributions)
 from .errors import ImageError, LabelsError, WeightsError, WeightsUnavailableError, XvizError
