@@ -24,6 +24,7 @@ PAGES = {
     ],
     "Count": [
         st.Page("pages/parameters.py", title="Parameters and compute", icon=":material/calculate:"),
+        st.Page("pages/architectures.py", title="Across architectures", icon=":material/compare_arrows:"),
     ],
     "Class": [st.Page("pages/tour.py", title="Guided tour", icon=":material/school:")],
 }

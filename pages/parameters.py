@@ -80,6 +80,8 @@ st.dataframe([{"model": f.model, "parameters": f.params, "top-1": f.top1, "top-5
                             **{c: st.column_config.NumberColumn(format="%.3f") for c in ("top-1", "top-5")}})
 st.caption(f"{A.PAPER}. Xception has slightly fewer parameters than Inception V3 and scores higher: the gain "
            "comes from using parameters better, not from having more. The paper counts parameters only for these two.")
+st.page_link("pages/architectures.py", label="Beyond Xception: MobileNet, EfficientNet, ResNet and VGG counted, "
+             "compared and timed (Across architectures)", icon=":material/compare_arrows:")
 
 st.header("Measured speed")
 st.markdown("Fewer multiply-adds need not mean proportionally less time: a depthwise conv does little arithmetic "

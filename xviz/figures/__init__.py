@@ -2,5 +2,6 @@
 
 from .predict import topk_bar  # noqa: F401
 from .ledger import group_spectrum_plot, shares_bar, standard_vs_separable_bar  # noqa: F401
+from .architectures import accuracy_vs_compute, blocks_side_by_side, kind_shares, latency_bars  # noqa: F401
 from .maps import architecture_diagram, channel_figure, channel_grid, size_strip  # noqa: F401
 from .attribution import deletion_figure, heatmap_image, overlay, png_bytes, png_filename, randomisation_figure, side_by_side  # noqa: F401,E501

@@ -15,7 +15,8 @@ The modules:
 """
 
 # what pages/* and app.py call
-from xviz.ui.cache import architecture, flow_capture, layer_summary, layer_table, ledger, predictions, tour_facts
+from xviz.ui.cache import (architecture, efficientnet_scaling, flow_capture, layer_summary, layer_table, ledger,
+                           predictions, tour_facts, zoo_comparison, zoo_ledgers_csv)
 from xviz.ui.presenter import colormap, presenter
 from xviz.ui.sidebar import sidebar
 from xviz.ui.state import GOTO_BLOCK, TOUR_REVEALED, Selection, current, ensure_frame, page_header, required_model

@@ -108,7 +108,7 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-# -- tables and the feature-map capture (xviz.accounting, xviz.flows, xviz.tour) ------------------
+# -- tables and the feature-map capture (xviz.accounting, xviz.across, xviz.flows, xviz.tour) -----------
 
 @st.cache_data(show_spinner=False, max_entries=16)
 def ledger(model_key: str, input_size: int, _model: xviz.LoadedModel):
@@ -117,6 +117,29 @@ def ledger(model_key: str, input_size: int, _model: xviz.LoadedModel):
 
     table = accounting.ledger(_model, input_size)
     return table, accounting.counterfactual(table)
+
+
+@st.cache_data(show_spinner="Building seven networks and counting them layer by layer…")
+def zoo_comparison():
+    """(comparison table, {name: ledger}) of xviz.across for every xviz.zoo network; the same for everyone."""
+    from xviz import across
+
+    ledgers = across.zoo_ledgers()
+    return across.compare_networks(ledgers), ledgers
+
+
+@st.cache_data(show_spinner=False)
+def zoo_ledgers_csv() -> bytes:
+    from xviz import across
+
+    return across.ledgers_csv(zoo_comparison()[1])
+
+
+@st.cache_data(show_spinner="Building EfficientNet-B0 to B7 and counting them…")
+def efficientnet_scaling():
+    from xviz import across
+
+    return across.efficientnet_scaling()
 
 
 @st.cache_resource(show_spinner="Running the network once and keeping every map these pages show…",

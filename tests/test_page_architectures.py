@@ -1,0 +1,61 @@
+"""AppTest of the Across architectures page: the seven networks counted, the lessons computed, the
+widgets, the download and the timing button."""
+
+import pytest
+
+from helpers import mentions
+from xviz import zoo
+
+PAGE = "pages/architectures.py"
+
+
+@pytest.fixture
+def page(open_app):
+    return open_app(PAGE, timeout=600)  # the timing test runs seven networks on a shared machine
+
+
+def widget(elements, label: str):
+    return next(e for e in elements if e.label.startswith(label))
+
+
+def test_networks_counted_and_lessons_shown(page):
+    assert not page.exception
+    table = page.dataframe[0].value
+    assert list(table["network"]) == [zoo.SPECS[n].title for n in zoo.NAMES]
+    assert dict(zip(table["network"], table["parameters"])) == {
+        "Xception": 22_855_952, "InceptionV3": 23_817_352, "ResNet50": 25_583_592, "VGG16": 138_357_544,
+        "MobileNet": 4_231_976, "MobileNetV2": 3_504_872, "EfficientNetB0": 5_288_548}
+    assert "ms per image" not in table  # not timed yet
+    assert mentions([c.value for c in page.caption], "Keras Applications", "keras.io/api/applications",
+                    "299 px: Xception, InceptionV3", "224 px: ResNet50")
+    assert len(page.get("plotly_chart")) == 3  # accuracy vs compute, shares by kind, the blocks
+    text = [m.value for m in page.markdown]
+    assert mentions(text, "Xception 90.6%", "MobileNet 94.9%", "MobileNetV2 89.1%", "EfficientNetB0 87.7%")
+    assert mentions(text, "160 → 960 → 160", "728 throughout", "1024 → 256 → 1024")  # V2, Xception, ResNet50
+    scaling = page.dataframe[1].value
+    assert list(scaling["variant"]) == [f"EfficientNet{v}" for v in zoo.EFFICIENTNET_SCALING]
+    assert r"\alpha\,\beta^{2}\gamma^{2} \approx 2" in page.latex[0].value
+
+
+def test_block_pickers_and_ledger_of_every_network(page):
+    widget(page.selectbox, "MobileNetV2 block").set_value("block_1")
+    widget(page.selectbox, "network").set_value("vgg16")
+    at = page.run()
+    assert not at.exception
+    assert mentions([m.value for m in at.markdown], "16 → 96 → 24")
+    ledger = at.dataframe[-1].value
+    assert ledger["layer"].iloc[0] == "block1_conv1" and ledger["params"].sum() == 138_357_544
+    download = at.get("download_button")[0]
+    assert download.proto.label == "Download all seven ledgers (CSV)"
+
+
+def test_timing_runs_when_asked_and_says_how(page):
+    assert any("Not timed yet" in i.value for i in page.info)
+    widget(page.select_slider, "timed rounds").set_value(1)
+    at = widget(page.button, "Time all seven networks").click().run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert (table["ms per image"] > 0).all() and (table["ms per GMAC"] > 0).all()
+    assert len(at.get("plotly_chart")) == 4
+    assert mentions([m.value for m in at.markdown], "MobileNetV2 has 28× fewer multiply-adds than Xception")
+    assert mentions([c.value for c in at.caption], "Measured on CPU", "random weights", "load average", "median of 1")
