@@ -14,6 +14,7 @@ from PIL import Image
 from . import weights as W
 from .device import configure_precision, configure_threads, describe, memory_format, pick_device
 from .errors import LabelsError, WeightsError, WeightsUnavailableError, XvizError
+from .fused import Predictor
 from .model import Xception, XceptionConfig
 from .preprocess import Preprocessing
 
@@ -36,6 +37,8 @@ class LoadedModel:
         source: one line of provenance: what the weights are and where they came from.
         key: short content id, for caches.
         lock: serialises forwards that attach hooks (capture, attributions) on this shared model.
+        predictor: the forward predictions run (:class:`xviz.fused.Predictor`): ``net`` itself until a
+            fused copy (BN folded, oneDNN post-ops) is ready for the input size, on the CPU.
     """
 
     net: Xception
@@ -48,6 +51,7 @@ class LoadedModel:
     trained: bool = True
     notes: list[str] = field(default_factory=list)  # how the default was chosen, warnings
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    predictor: Predictor | None = field(default=None, repr=False, compare=False)
 
     @property
     def input_size(self) -> int:
@@ -64,8 +68,19 @@ class LoadedModel:
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C) float32 logits on the CPU of a preprocessed batch: the one entry point of predictions.
+
+        The first call at an input size runs the eager network, then prepares the fused copy for that
+        size in the background; later calls run the copy (equal to ~1e-6 relative, see xviz.fused).
+        """
+        x = x.to(self.device)
+        # a copy made with dataclasses.replace(net=...) (the randomisation twin) must not use our copy
+        predictor = self.predictor if self.predictor is not None and self.predictor.net is self.net else None
         with self.lock:
-            return self.net(x.to(self.device)).float().cpu()
+            out = predictor(x) if predictor is not None else self.net(x)
+        if predictor is not None:
+            predictor.prepare(x.shape)
+        return out.float().cpu()
 
     @torch.no_grad()
     def embedding(self, x: torch.Tensor) -> torch.Tensor:
@@ -97,7 +112,8 @@ class LoadedModel:
         if size < 71:
             raise ValueError(f"input size must be at least 71, got {size}")
         return LoadedModel(self.net, self.labels, self.preprocessing.with_size(size), self.source,
-                           self.kind, f"{self.key}@{size}", self.device, self.trained, self.notes, self.lock)
+                           self.kind, f"{self.key}@{size}", self.device, self.trained, self.notes, self.lock,
+                           self.predictor)
 
 
 def load_model(source: str | Path = "auto", labels: str | Path | list[str] | None = None,
@@ -226,7 +242,7 @@ def _finish(net: Xception, labels, prep, source, kind, key, device, trained=True
     configure_precision(device)
     net = net.eval().requires_grad_(False)
     net = net.to(device=device, memory_format=memory_format(device))
-    return LoadedModel(net, labels, prep, source, kind, key, device, trained)
+    return LoadedModel(net, labels, prep, source, kind, key, device, trained, predictor=Predictor(net, device))
 
 
 def _file_key(path: Path) -> str:

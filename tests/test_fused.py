@@ -1,0 +1,89 @@
+"""The fused prediction copy (xviz.fused): same numbers as the eager network, and when it is used.
+
+Real trained weights (the kitchenware model) on real photos: folding BN into near-zero-variance
+channels is where a prediction copy would drift, and random weights don't have those.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import pytest
+import torch
+
+import xviz
+from xviz import fused
+from xviz.model import MaxPool2dSame
+
+pytestmark = pytest.mark.skipif(not fused.supported(torch.device("cpu")),
+                                reason="this torch build has no oneDNN (mkldnn) CPU ops: predictions run eagerly")
+
+TOLERANCE = 1e-5  # relative to the largest logit, as the issue asks
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+@pytest.fixture(scope="module")
+def model(kitchenware_dir) -> xviz.LoadedModel:
+    # a model of its own: these tests watch its predictor get ready, which the shared fixture's may already be
+    return xviz.load_model("kitchenware", device="cpu")
+
+
+@pytest.mark.parametrize("size", [150, 299])
+def test_fused_copy_equals_the_eager_network(model, kitchenware_images, size):
+    m = model.with_input_size(size)
+    copy_ = fused.FusedXception(m.net)
+    x = torch.cat([m.preprocess(xviz.load_image(p.read_bytes())) for p in kitchenware_images[:2]])
+    with torch.no_grad():
+        eager = m.net(x)
+        assert rel_err(copy_(x[:1]), eager[:1]) <= TOLERANCE
+        assert rel_err(copy_(x), eager) <= TOLERANCE  # a batch, on weights packed for batch 1
+    assert copy_.sizes() == {(size, size)}
+
+
+@pytest.mark.parametrize("shape", [(74, 74), (147, 147), (10, 9), (9, 10)])
+def test_one_call_max_pool_is_tf_same(shape):
+    torch.manual_seed(0)
+    x = torch.randn(1, 4, *shape) - 3  # mostly negative: a zero-padded pool would show
+    assert torch.equal(fused.max_pool_same(x), MaxPool2dSame(3, 2)(x))
+
+
+def test_predictions_start_eager_and_switch_to_the_copy(model, photo):
+    m = model.with_input_size(160)  # a size no other test prepares
+    x = m.preprocess(photo)
+    assert not m.predictor.ready(160)
+    first = m.logits(x)  # answered eagerly; schedules the copy for 160 px
+    m.predictor.prepare(x.shape, wait=True)
+    assert m.predictor.ready(160)
+    with torch.no_grad():
+        eager = m.net(x)
+    assert torch.equal(first, eager)
+    assert rel_err(m.logits(x), eager) <= TOLERANCE
+    # the capture path keeps the eager, hookable network and agrees with the predictions
+    last = m.net.layer_names()[-1]  # the kitchenware head's "dense_1": the logits
+    with torch.no_grad(), xviz.capture(m.net, [last]) as out:
+        m.net(x)
+    assert rel_err(m.logits(x), out[last]) <= TOLERANCE
+
+
+def test_a_copy_with_other_weights_never_uses_the_originals_fused_copy(model, photo):
+    m = model.with_input_size(150)
+    x = m.preprocess(photo)
+    m.predictor.prepare(x.shape, wait=True)
+    twin = copy.deepcopy(m.net)
+    with torch.no_grad():
+        twin.head.dense_1.linear.bias.add_(1.0)  # as the randomisation check re-initialises its copy
+    twin_model = dataclasses.replace(m, net=twin)
+    assert rel_err(twin_model.logits(x), m.logits(x) + 1.0) <= TOLERANCE
+
+
+def test_at_most_max_sizes_are_packed(kitchenware_dir):
+    m = xviz.load_model("kitchenware", device="cpu")
+    sizes = [71 + k for k in range(fused.MAX_SIZES + 1)]  # small sizes: cheap forwards
+    for size in sizes:
+        m.predictor.prepare((1, 3, size, size))
+    m.predictor.prepare((1, 3, 71, 71), wait=True)
+    assert [m.predictor.ready(s) for s in sizes] == [True] * fused.MAX_SIZES + [False]

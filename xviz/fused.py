@@ -1,0 +1,233 @@
+"""The prediction forward on the CPU: Xception with BatchNorm folded and oneDNN post-ops fused.
+
+An eager forward runs ~150 small ops: each conv reorders its weight into oneDNN's blocked layout on
+every call, and every BN, ReLU and residual sum reads and writes the whole activation once more.
+:class:`FusedXception` is a prediction copy that does what ``torch.compile(..., freezing=True)``
+(inductor's mkldnn fusion passes) does for this network, without a compiler:
+
+- BN folded into the conv before it: ``w' = w * g / sqrt(v + eps)``, ``b' = beta - mean * g / sqrt(v + eps)``
+  (computed in float64, so folding moves the logits by ~1e-7 relative);
+- every conv a ``torch.ops.mkldnn._convolution_pointwise`` call on a weight packed once per input size;
+- the ReLU that opens the next separable unit applied by the conv as a post-op, and the residual sum
+  as a binary post-op (``other + conv(x)`` in one pass);
+- TF 'same' 3x3/2 max-pool as one ``max_pool2d``: on an even size TF pads one -inf row after, which is
+  ``ceil_mode=True`` without padding; on an odd size it pads one on each side.
+
+Measured against the eager network (``bench/bench_forward.py``, ``bench/bench_peer.py``):
+about the same speed as the compiled graph, outputs within ~1e-6 relative, and no 30-180 s compile.
+The capture and attribution paths keep the eager, hookable network; only predictions use this copy.
+
+:class:`Predictor` is what ``LoadedModel.logits`` runs: the eager network until the fused copy is
+ready for the input size, then the fused copy. The copy is built and its weights packed in a
+background thread at the lowest CPU priority after the first answer at that size, so the first
+prediction is never slower than before and a waiting request always gets the cores first.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from .model import MIN_INPUT_SIZE, Xception
+
+MAX_SIZES = 3  # packed weight sets kept per model (~83 MB each); other sizes run eagerly
+
+_mkldnn = torch.ops.mkldnn
+
+
+def supported(device: torch.device) -> bool:
+    """Whether this torch build has the oneDNN ops the fused copy calls (CPU builds with mkldnn)."""
+    return (device.type == "cpu" and torch.backends.mkldnn.is_available()
+            and hasattr(_mkldnn, "_convolution_pointwise") and hasattr(_mkldnn, "_reorder_convolution_weight"))
+
+
+def fold_bn(conv: torch.nn.Conv2d, bn: torch.nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight, bias) of ``bn(conv(x))`` as one conv (Ioffe & Szegedy 2015, inference form)."""
+    scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+    weight = conv.weight.double() * scale.view(-1, 1, 1, 1)
+    bias = bn.bias.double() - bn.running_mean.double() * scale
+    if conv.bias is not None:
+        bias = bias + conv.bias.double() * scale
+    return weight.float(), bias.float()
+
+
+class PackedConv:
+    """A conv (+ folded BN) run by oneDNN, its weight reordered once per input size."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, stride: int = 1, padding: int = 0,
+                 groups: int = 1):
+        self.weight, self.bias = weight.detach().contiguous(), bias
+        self.stride, self.padding, self.groups = [stride, stride], [padding, padding], groups
+        self.packed: dict[tuple[int, int], torch.Tensor] = {}  # (H, W) of the input -> packed weight
+
+    def _weight(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.packed.get(x.shape[-2:])
+        if w is None:  # first call at this size: oneDNN picks the layout for these shapes
+            w = self.packed[x.shape[-2:]] = _mkldnn._reorder_convolution_weight(
+                self.weight, self.padding, self.stride, [1, 1], self.groups, list(x.shape))
+        return w
+
+    def __call__(self, x: torch.Tensor, act: str = "none") -> torch.Tensor:
+        """``act(conv(x))``, ``act`` one of oneDNN's post-ops ("none", "relu")."""
+        return _mkldnn._convolution_pointwise(x, self._weight(x), self.bias, self.padding, self.stride,
+                                              [1, 1], self.groups, act, [None], "")
+
+    def add(self, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        """``conv(x) + other`` in one pass (the residual sum as a binary post-op)."""
+        return _mkldnn._convolution_pointwise.binary(x, other, self._weight(x), self.bias, self.padding,
+                                                     self.stride, [1, 1], self.groups, "add", 1.0, None,
+                                                     [None], None)
+
+
+def max_pool_same(x: torch.Tensor) -> torch.Tensor:
+    """``MaxPooling2D(3, strides=2, padding='same')`` of (N, C, H, W) in one call; see the module docstring."""
+    return F.max_pool2d(x, 3, 2, padding=(x.shape[-2] % 2, x.shape[-1] % 2), ceil_mode=True)
+
+
+class FusedXception:
+    """Inference-only copy of an eval-mode :class:`Xception` (fp32, CPU, channels_last).
+
+    The copy owns folded weights (~83 MB) plus one packed set per input size it has run at; the
+    classifier head (pool, Dense, Dropout: <1% of the work) is the original module.
+    """
+
+    def __init__(self, net: Xception):
+        stem = net.entry_flow.block1
+        self.stem = (PackedConv(*fold_bn(stem.conv1, stem.conv1_bn), stride=2),
+                     PackedConv(*fold_bn(stem.conv2, stem.conv2_bn)))
+        # blocks 2-13: per unit (ReLU first?, depthwise, pointwise+BN), and the strided shortcut or None
+        self.blocks = []
+        for flow in (net.entry_flow, net.middle_flow, net.exit_flow):
+            for name, block in flow.named_children():
+                if name in ("block1", "block14"):
+                    continue
+                units = [(hasattr(block, f"sepconv{k}_act"),
+                          *self._separable(getattr(block, f"sepconv{k}"), getattr(block, f"sepconv{k}_bn")))
+                         for k in range(1, block.num_units + 1)]
+                shortcut = (PackedConv(*fold_bn(block.residual, block.residual_bn), stride=2)
+                            if hasattr(block, "pool") else None)
+                self.blocks.append((units, shortcut))
+        tail = net.exit_flow.block14
+        self.tail = (self._separable(tail.sepconv1, tail.sepconv1_bn), self._separable(tail.sepconv2, tail.sepconv2_bn))
+        self.head = net.head
+
+    @staticmethod
+    def _separable(sep, bn) -> tuple[PackedConv, PackedConv]:
+        depthwise = PackedConv(sep.depthwise.weight, None, padding=sep.depthwise.padding[0],
+                               groups=sep.depthwise.groups)
+        return depthwise, PackedConv(*fold_bn(sep.pointwise, bn))
+
+    def convs(self) -> list[PackedConv]:
+        out = list(self.stem)
+        for units, shortcut in self.blocks:
+            out += [c for _, dw, pw in units for c in (dw, pw)] + ([shortcut] if shortcut else [])
+        return out + [c for unit in self.tail for c in unit]
+
+    def sizes(self) -> set[tuple[int, int]]:
+        """Input sizes whose weights are packed."""
+        return set(self.stem[0].packed)
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) float32 on the CPU -> logits, as ``Xception.forward``."""
+        x = x.contiguous(memory_format=torch.channels_last)
+        conv1, conv2 = self.stem
+        x = conv2(conv1(x, "relu"), "relu")
+        for units, shortcut in self.blocks:
+            y = x
+            for k, (relu_first, depthwise, pointwise) in enumerate(units):
+                if k == 0 and relu_first:
+                    y = torch.relu(y)  # x itself stays un-ReLU'd: the shortcut needs it
+                y = depthwise(y)
+                if k < len(units) - 1:
+                    y = pointwise(y, "relu")  # BN folded in; the next unit's ReLU as post-op
+                elif shortcut is None:
+                    y = pointwise.add(y, x)  # middle flow: identity shortcut
+                else:
+                    y = shortcut.add(x, max_pool_same(pointwise(y)))  # strided 1x1 conv + BN shortcut
+            x = y
+        for depthwise, pointwise in self.tail:
+            x = pointwise(depthwise(x), "relu")
+        return self.head(x)
+
+
+class Predictor:
+    """The forward that predictions run (``LoadedModel.logits``): eager until the fused copy is ready.
+
+    Shared by every ``LoadedModel`` view of one network (``with_input_size``). Callers hold the
+    model's lock around :meth:`__call__`; :meth:`prepare` runs without it, so packing weights for a
+    new size never blocks a prediction.
+    """
+
+    def __init__(self, net: Xception, device: torch.device):
+        self.net = net
+        self.enabled = supported(device)
+        self._fused: FusedXception | None = None
+        self._ready: set[tuple[int, int]] = set()  # sizes __call__ may run fused
+        self._state = threading.Lock()  # guards _fused, _ready, _queue, _worker
+        self._queue: list[tuple[int, ...]] = []  # input shapes waiting to be prepared
+        self._worker: threading.Thread | None = None
+
+    def ready(self, size: int | tuple[int, int]) -> bool:
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        return size in self._ready
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of ``x``: fused where ready (same numbers to ~1e-6 relative), else the eager network."""
+        fused = self._fused
+        if fused is not None and tuple(x.shape[-2:]) in self._ready and x.dtype == torch.float32 \
+                and x.device.type == "cpu":
+            return fused(x)
+        return self.net(x)
+
+    def prepare(self, shape: torch.Size | tuple[int, ...], wait: bool = False) -> None:
+        """Make the fused copy ready for inputs of ``shape`` (N, 3, H, W), in the background.
+
+        Runs at the lowest CPU priority (nice 19 on Linux) so that a prediction waiting in the eager
+        path takes the cores first. ``wait=True`` blocks until done (tests, benchmarks).
+        """
+        shape = tuple(shape)
+        if not self.enabled or min(shape[-2:]) < MIN_INPUT_SIZE:
+            return
+        with self._state:
+            known = shape[-2:] in self._ready or any(s[-2:] == shape[-2:] for s in self._queue)
+            if not known and len(self._ready) + len(self._queue) < MAX_SIZES:
+                self._queue.append(shape)
+            if self._queue and (self._worker is None or not self._worker.is_alive()):
+                # not a daemon (a thread inherits its creator's flag, and Streamlit's script threads are
+                # daemons): the interpreter waits for the weights being packed (a daemon thread
+                # still inside a torch op at exit aborts the process), and _work stops once the main thread has ended
+                self._worker = threading.Thread(target=self._work, name="xviz-fuse", daemon=False)
+                self._worker.start()
+            worker = self._worker
+        if wait and worker is not None:
+            worker.join()
+
+    def _work(self) -> None:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)  # this thread only (Linux)
+        except (AttributeError, OSError):
+            pass
+        while threading.main_thread().is_alive():
+            with self._state:
+                if not self._queue:
+                    return
+                shape = self._queue[0]
+            try:
+                with torch.no_grad():
+                    fused = self._fused or FusedXception(self.net)
+                    fused(torch.zeros(shape))  # packs every weight for this size
+            except Exception as exc:  # a torch build whose oneDNN ops differ: predictions stay eager
+                warnings.warn(f"xviz: the fused CPU forward is unavailable ({exc!r}); predictions run eagerly")
+                with self._state:
+                    self.enabled = False
+                    self._queue.clear()
+                return
+            with self._state:
+                self._fused = fused
+                self._ready.add(shape[-2:])
+                self._queue.pop(0)
