@@ -3,6 +3,7 @@
     python bench/run.py            # table
     python bench/run.py --json     # {"name", "value", "unit", "budget", "holds"} per line
     python bench/run.py forward    # only the modules whose name contains 'forward'
+    python bench/run.py --keras-python /path/to/tf-venv/bin/python   # adds bench_peer (xviz vs Keras)
 """
 
 from __future__ import annotations
@@ -39,13 +40,18 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("only", nargs="*", help="run only modules whose name contains one of these")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    parser.add_argument("--keras-python", help="a Python with tensorflow-cpu: also time Keras's Xception "
+                                               "side by side (bench/bench_peer.py)")
     args = parser.parse_args(argv)
     selected = [m for m in MODULES if not args.only or any(o in m for o in args.only)]
+    if args.keras_python and (not args.only or any(o in "bench.bench_peer" for o in args.only)):
+        selected.append("bench.bench_peer")
     all_rows = []
     if not args.json:
         print(f"machine: {machine()}")
     for name in selected:
-        rows = importlib.import_module(name).rows()
+        module = importlib.import_module(name)
+        rows = module.rows(args.keras_python) if name == "bench.bench_peer" else module.rows()
         all_rows += rows
         if args.json:
             for r in rows:
