@@ -5,9 +5,17 @@ The sidebar is built after st.navigation and before page.run(), so its widgets (
 keep their state across page switches.
 """
 
-import streamlit as st
+import os
 
-from xviz import ui
+# torch's OpenMP threads spin while they wait for the next op; on a busy server (session threads, other
+# processes) a spinning thread holds a core its partner needs and every op waits at the barrier for
+# the descheduled one: forwards 3.5-7x slower measured on 2 cores at load ~24 (issue 12's notes).
+# libgomp reads this once, when torch loads, so it is set before anything imports torch.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import streamlit as st  # noqa: E402
+
+from xviz import ui  # noqa: E402
 
 # an emoji favicon is drawn by the browser; a :material/ one is fetched from fonts.gstatic.com (fails offline)
 st.set_page_config(page_title="xviz — how Xception sees", page_icon="👁️", layout="wide")

@@ -40,7 +40,9 @@ class Worker:
     """A child process answering one JSON line per command."""
 
     def __init__(self, argv: list[str]):
+        # OMP_WAIT_POLICY as app.py sets it for the server (TensorFlow has its own thread pool)
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
                                      cwd=ROOT)
 
