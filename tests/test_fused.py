@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import xviz
+from xviz import device
 from xviz import fused
 from xviz.model import MaxPool2dSame
 
@@ -87,3 +88,39 @@ def test_at_most_max_sizes_are_packed(kitchenware_dir):
         m.predictor.prepare((1, 3, size, size))
     m.predictor.prepare((1, 3, 71, 71), wait=True)
     assert [m.predictor.ready(s) for s in sizes] == [True] * fused.MAX_SIZES + [False]
+
+
+# -- fast mode ------------------------------------------------------------------------------------
+
+def test_fast_mode_is_off_unless_asked_for(model, monkeypatch, kitchenware_dir):
+    assert not model.fast and model.precision == "fp32"
+    monkeypatch.setenv("XVIZ_FAST", "1")
+    m = xviz.load_model("untrained", device="cpu")
+    if m.fast_precision is None:
+        assert not m.fast  # asked for, but nothing faster here: stays fp32 (with a warning)
+    else:
+        assert m.fast and m.precision == m.fast_precision and m.key.endswith(f"+{m.fast_precision}")
+        assert not m.with_fast_mode(False).fast and m.with_fast_mode(False).key == "untrained"
+
+
+def test_fast_mode_is_refused_where_nothing_is_faster(model, monkeypatch):
+    monkeypatch.setattr(device, "native_bf16", lambda: False)
+    m = dataclasses.replace(model, predictor=fused.Predictor(model.net, torch.device("cpu")))
+    assert m.fast_precision is None
+    with pytest.raises(ValueError, match="native bf16"):
+        m.with_fast_mode(True)
+
+
+@pytest.mark.skipif(not device.native_bf16(), reason="this CPU has no native bf16 (AVX512-BF16/AMX): "
+                                                          "fast mode is not offered here")
+def test_fast_mode_predicts_the_same_classes(model, kitchenware_images):
+    m = model.with_fast_mode(True)
+    assert m.precision == "bf16" and m.key != model.key and m.with_input_size(299).fast
+    xs = [m.preprocess(xviz.load_image(p.read_bytes())) for p in kitchenware_images[:6]]
+    m.logits(xs[0])
+    m.predictor.prepare(xs[0].shape, fast=True, wait=True)
+    assert m.predictor.ready(m.input_size, fast=True)
+    for x in xs:
+        fast, exact = m.logits(x).softmax(-1), model.logits(x).softmax(-1)
+        assert fast.argmax() == exact.argmax()
+        assert 0 < (fast - exact).abs().max() < 0.05  # bf16: close, but not the fp32 numbers

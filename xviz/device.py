@@ -8,6 +8,7 @@ import torch
 
 DEVICE_ENV = "XVIZ_DEVICE"  # "cpu", "cuda", "cuda:1", "mps": overrides the automatic choice
 THREADS_ENV = "XVIZ_THREADS"  # CPU threads for torch; default: the cores this process may use
+FAST_ENV = "XVIZ_FAST"  # "1": predictions in fast mode (bf16 on CPUs with native bf16, fp16 on CUDA)
 TF32_ENV = "XVIZ_ALLOW_TF32"  # "1": let CUDA convolutions use TF32 (faster, ~5e-4 relative error)
 
 
@@ -77,3 +78,27 @@ def describe(device: torch.device) -> str:
     if device.type == "mps":
         return "Apple GPU (MPS)"
     return f"CPU ({torch.get_num_threads()} threads)"
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (x86 AVX512-BF16 or AMX), read from /proc/cpuinfo.
+
+    oneDNN runs bf16 convolutions elsewhere too, emulated, and then slower than fp32, so fast mode
+    is offered only where this is True. Linux only; other systems report False.
+    """
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def fast_precision(device: torch.device) -> str | None:
+    """The reduced precision fast mode uses on ``device``: "bf16" (CPU with native bf16), "fp16" (CUDA),
+    or None where none is faster than fp32 (CPUs without bf16 hardware, Apple's MPS: not measured)."""
+    if device.type == "cuda":
+        return "fp16"
+    if device.type == "cpu" and native_bf16():
+        return "bf16"
+    return None

@@ -32,9 +32,10 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from .device import fast_precision
 from .model import MIN_INPUT_SIZE, Xception
 
-MAX_SIZES = 3  # packed weight sets kept per model (~83 MB each); other sizes run eagerly
+MAX_SIZES = 3  # packed weight sets kept per model and precision (fp32 ~83 MB, bf16 ~42 MB); others run eagerly
 
 _mkldnn = torch.ops.mkldnn
 
@@ -89,13 +90,16 @@ def max_pool_same(x: torch.Tensor) -> torch.Tensor:
 
 
 class FusedXception:
-    """Inference-only copy of an eval-mode :class:`Xception` (fp32, CPU, channels_last).
+    """Inference-only copy of an eval-mode :class:`Xception` (CPU, channels_last).
 
-    The copy owns folded weights (~83 MB) plus one packed set per input size it has run at; the
-    classifier head (pool, Dense, Dropout: <1% of the work) is the original module.
+    The copy owns folded weights (~83 MB in fp32) plus one packed set per input size it has run at;
+    the classifier head (pool, Dense, Dropout: <1% of the work) is the original module, run in fp32.
+    ``dtype=torch.bfloat16`` is the fast mode: weights and activations in bf16 (oneDNN uses AMX or
+    AVX512-BF16 where the CPU has them; elsewhere bf16 is emulated and slower than fp32).
     """
 
-    def __init__(self, net: Xception):
+    def __init__(self, net: Xception, dtype: torch.dtype = torch.float32):
+        self.dtype = dtype
         stem = net.entry_flow.block1
         self.stem = (PackedConv(*fold_bn(stem.conv1, stem.conv1_bn), stride=2),
                      PackedConv(*fold_bn(stem.conv2, stem.conv2_bn)))
@@ -114,6 +118,10 @@ class FusedXception:
         tail = net.exit_flow.block14
         self.tail = (self._separable(tail.sepconv1, tail.sepconv1_bn), self._separable(tail.sepconv2, tail.sepconv2_bn))
         self.head = net.head
+        if dtype != torch.float32:
+            for conv in self.convs():  # folded in float64 first, rounded once
+                conv.weight = conv.weight.to(dtype)
+                conv.bias = None if conv.bias is None else conv.bias.to(dtype)
 
     @staticmethod
     def _separable(sep, bn) -> tuple[PackedConv, PackedConv]:
@@ -133,8 +141,8 @@ class FusedXception:
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) float32 on the CPU -> logits, as ``Xception.forward``."""
-        x = x.contiguous(memory_format=torch.channels_last)
+        """(N, 3, H, W) float32 on the CPU -> float32 logits, as ``Xception.forward``."""
+        x = x.to(self.dtype).contiguous(memory_format=torch.channels_last)
         conv1, conv2 = self.stem
         x = conv2(conv1(x, "relu"), "relu")
         for units, shortcut in self.blocks:
@@ -152,51 +160,62 @@ class FusedXception:
             x = y
         for depthwise, pointwise in self.tail:
             x = pointwise(depthwise(x), "relu")
-        return self.head(x)
+        return self.head(x.float())
 
 
 class Predictor:
-    """The forward that predictions run (``LoadedModel.logits``): eager until the fused copy is ready.
+    """The forward that predictions run (``LoadedModel.logits``): eager until a fused copy is ready.
 
-    Shared by every ``LoadedModel`` view of one network (``with_input_size``). Callers hold the
-    model's lock around :meth:`__call__`; :meth:`prepare` runs without it, so packing weights for a
-    new size never blocks a prediction.
+    Shared by every ``LoadedModel`` view of one network (``with_input_size``, ``with_fast_mode``).
+    Callers hold the model's lock around :meth:`__call__`; :meth:`prepare` runs without it, so
+    packing weights for a new size never blocks a prediction.
+
+    Fast mode (``fast=True``, off unless asked for): the bf16 copy on a CPU with native bf16, fp16
+    autocast on CUDA; ``fast_precision`` says which, None where there is none.
     """
 
     def __init__(self, net: Xception, device: torch.device):
         self.net = net
         self.enabled = supported(device)
-        self._fused: FusedXception | None = None
-        self._ready: set[tuple[int, int]] = set()  # sizes __call__ may run fused
-        self._state = threading.Lock()  # guards _fused, _ready, _queue, _worker
-        self._queue: list[tuple[int, ...]] = []  # input shapes waiting to be prepared
+        self.fast_precision = fast_precision(device) if device.type != "cpu" or self.enabled else None
+        self._copies: dict[torch.dtype, FusedXception] = {}
+        self._ready: set[tuple[torch.dtype, tuple[int, int]]] = set()  # what __call__ may run fused
+        self._state = threading.Lock()  # guards _copies, _ready, _queue, _worker
+        self._queue: list[tuple[torch.dtype, tuple[int, ...]]] = []  # waiting to be prepared
         self._worker: threading.Thread | None = None
 
-    def ready(self, size: int | tuple[int, int]) -> bool:
-        size = (size, size) if isinstance(size, int) else tuple(size)
-        return size in self._ready
+    def _dtype(self, fast: bool) -> torch.dtype:
+        return torch.bfloat16 if fast and self.fast_precision == "bf16" else torch.float32
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of ``x``: fused where ready (same numbers to ~1e-6 relative), else the eager network."""
-        fused = self._fused
-        if fused is not None and tuple(x.shape[-2:]) in self._ready and x.dtype == torch.float32 \
+    def ready(self, size: int | tuple[int, int], fast: bool = False) -> bool:
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        return (self._dtype(fast), size) in self._ready
+
+    def __call__(self, x: torch.Tensor, fast: bool = False) -> torch.Tensor:
+        """Logits of ``x``: a fused copy where ready (fp32: same numbers to ~1e-6 relative), else eager."""
+        dtype = self._dtype(fast)
+        copy = self._copies.get(dtype)
+        if copy is not None and (dtype, tuple(x.shape[-2:])) in self._ready and x.dtype == torch.float32 \
                 and x.device.type == "cpu":
-            return fused(x)
+            return copy(x)
+        if fast and self.fast_precision == "fp16":
+            with torch.autocast(x.device.type, torch.float16):
+                return self.net(x).float()
         return self.net(x)
 
-    def prepare(self, shape: torch.Size | tuple[int, ...], wait: bool = False) -> None:
-        """Make the fused copy ready for inputs of ``shape`` (N, 3, H, W), in the background.
+    def prepare(self, shape: torch.Size | tuple[int, ...], fast: bool = False, wait: bool = False) -> None:
+        """Make a fused copy ready for inputs of ``shape`` (N, 3, H, W), in the background.
 
         Runs at the lowest CPU priority (nice 19 on Linux) so that a prediction waiting in the eager
         path takes the cores first. ``wait=True`` blocks until done (tests, benchmarks).
         """
-        shape = tuple(shape)
+        shape, dtype = tuple(shape), self._dtype(fast)
         if not self.enabled or min(shape[-2:]) < MIN_INPUT_SIZE:
             return
         with self._state:
-            known = shape[-2:] in self._ready or any(s[-2:] == shape[-2:] for s in self._queue)
-            if not known and len(self._ready) + len(self._queue) < MAX_SIZES:
-                self._queue.append(shape)
+            mine = [s for d, s in self._ready if d == dtype] + [s for d, s in self._queue if d == dtype]
+            if not any(s[-2:] == shape[-2:] for s in mine) and len(mine) < MAX_SIZES:
+                self._queue.append((dtype, shape))
             if self._queue and (self._worker is None or not self._worker.is_alive()):
                 # not a daemon (a thread inherits its creator's flag, and Streamlit's script threads are
                 # daemons): the interpreter waits for the weights being packed (a daemon thread
@@ -216,11 +235,11 @@ class Predictor:
             with self._state:
                 if not self._queue:
                     return
-                shape = self._queue[0]
+                dtype, shape = self._queue[0]
             try:
                 with torch.no_grad():
-                    fused = self._fused or FusedXception(self.net)
-                    fused(torch.zeros(shape))  # packs every weight for this size
+                    copy = self._copies.get(dtype) or FusedXception(self.net, dtype)
+                    copy(torch.zeros(shape))  # packs every weight for this size
             except Exception as exc:  # a torch build whose oneDNN ops differ: predictions stay eager
                 warnings.warn(f"xviz: the fused CPU forward is unavailable ({exc!r}); predictions run eagerly")
                 with self._state:
@@ -228,6 +247,6 @@ class Predictor:
                     self._queue.clear()
                 return
             with self._state:
-                self._fused = fused
-                self._ready.add(shape[-2:])
+                self._copies[dtype] = copy
+                self._ready.add((dtype, shape[-2:]))
                 self._queue.pop(0)

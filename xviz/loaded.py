@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import os
 import threading
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,7 +15,7 @@ import torch
 from PIL import Image
 
 from . import weights as W
-from .device import configure_precision, configure_threads, describe, memory_format, pick_device
+from .device import FAST_ENV, configure_precision, configure_threads, describe, memory_format, pick_device
 from .errors import LabelsError, WeightsError, WeightsUnavailableError, XvizError
 from .fused import Predictor
 from .model import Xception, XceptionConfig
@@ -39,6 +42,9 @@ class LoadedModel:
         lock: serialises forwards that attach hooks (capture, attributions) on this shared model.
         predictor: the forward predictions run (:class:`xviz.fused.Predictor`): ``net`` itself until a
             fused copy (BN folded, oneDNN post-ops) is ready for the input size, on the CPU.
+        fast: fast mode (:meth:`with_fast_mode`): predictions in ``precision`` (bf16 on a CPU with
+            native bf16, fp16 on CUDA) instead of fp32. Off unless asked for; maps and attributions
+            always run in fp32.
     """
 
     net: Xception
@@ -52,6 +58,7 @@ class LoadedModel:
     notes: list[str] = field(default_factory=list)  # how the default was chosen, warnings
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     predictor: Predictor | None = field(default=None, repr=False, compare=False)
+    fast: bool = False
 
     @property
     def input_size(self) -> int:
@@ -60,6 +67,16 @@ class LoadedModel:
     @property
     def device_name(self) -> str:
         return describe(self.device)
+
+    @property
+    def fast_precision(self) -> str | None:
+        """What fast mode would compute in here ("bf16", "fp16"), or None if it has nothing faster."""
+        return self.predictor.fast_precision if self.predictor is not None else None
+
+    @property
+    def precision(self) -> str:
+        """What predictions are computed in: "fp32", or fast mode's "bf16" / "fp16"."""
+        return self.fast_precision if self.fast else "fp32"
 
     def preprocess(self, img: Image.Image) -> torch.Tensor:
         """(1, 3, S, S) tensor on the model's device, in the memory format the model runs fastest in."""
@@ -77,9 +94,9 @@ class LoadedModel:
         # a copy made with dataclasses.replace(net=...) (the randomisation twin) must not use our copy
         predictor = self.predictor if self.predictor is not None and self.predictor.net is self.net else None
         with self.lock:
-            out = predictor(x) if predictor is not None else self.net(x)
+            out = predictor(x, fast=self.fast) if predictor is not None else self.net(x)
         if predictor is not None:
-            predictor.prepare(x.shape)
+            predictor.prepare(x.shape, fast=self.fast)
         return out.float().cpu()
 
     @torch.no_grad()
@@ -111,9 +128,24 @@ class LoadedModel:
         """Same network and weights, images prepared at another size (every size >= 71 works)."""
         if size < 71:
             raise ValueError(f"input size must be at least 71, got {size}")
-        return LoadedModel(self.net, self.labels, self.preprocessing.with_size(size), self.source,
-                           self.kind, f"{self.key}@{size}", self.device, self.trained, self.notes, self.lock,
-                           self.predictor)
+        return dataclasses.replace(self, preprocessing=self.preprocessing.with_size(size), key=f"{self.key}@{size}")
+
+    def with_fast_mode(self, on: bool = True) -> "LoadedModel":
+        """Same network, predictions in ``fast_precision`` (``on``) or fp32; the key says which.
+
+        In fast mode the probabilities move by about 1e-2 (bf16 keeps 8 bits of mantissa) and the
+        top class can change where two are close; bench/bench_fast.py measures both on real photos.
+
+        Raises:
+            ValueError: ``on`` where there is no fast precision (a CPU without native bf16, MPS).
+        """
+        if on == self.fast:
+            return self
+        if on and self.fast_precision is None:
+            raise ValueError(f"fast mode needs a CPU with native bf16 (AVX512-BF16 or AMX) or a CUDA GPU; "
+                             f"this model runs on {self.device_name} without either")
+        key = f"{self.key}+{self.fast_precision}" if on else self.key.replace(f"+{self.fast_precision}", "")
+        return dataclasses.replace(self, fast=on, key=key)
 
 
 def load_model(source: str | Path = "auto", labels: str | Path | list[str] | None = None,
@@ -242,7 +274,14 @@ def _finish(net: Xception, labels, prep, source, kind, key, device, trained=True
     configure_precision(device)
     net = net.eval().requires_grad_(False)
     net = net.to(device=device, memory_format=memory_format(device))
-    return LoadedModel(net, labels, prep, source, kind, key, device, trained, predictor=Predictor(net, device))
+    model = LoadedModel(net, labels, prep, source, kind, key, device, trained, predictor=Predictor(net, device))
+    if os.environ.get(FAST_ENV) == "1":
+        if model.fast_precision is None:
+            warnings.warn(f"{FAST_ENV}=1 but {model.device_name} has no fast precision (no native bf16): "
+                          f"predictions stay fp32")
+        else:
+            model = model.with_fast_mode(True)
+    return model
 
 
 def _file_key(path: Path) -> str:
