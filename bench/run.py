@@ -21,8 +21,8 @@ if str(ROOT) not in sys.path:
 from bench.common import machine  # noqa: E402
 
 # every module here exposes rows() -> list of bench.common.row dicts
-MODULES = ["bench.bench_forward", "bench.bench_capture", "bench.bench_attributions", "bench.bench_queue",
-           "bench.bench_zoo", "bench.bench_app", "bench.bench_uploads"]
+MODULES = ["bench.bench_forward", "bench.bench_fast", "bench.bench_capture", "bench.bench_attributions",
+           "bench.bench_queue", "bench.bench_zoo", "bench.bench_app", "bench.bench_uploads"]
 
 
 def print_table(rows: list[dict]) -> None:
