@@ -77,3 +77,19 @@ def test_imagenet_choice_offline_explains_what_to_do(app):
     assert not at.exception
     message = " ".join(e.value for e in at.sidebar.error)
     assert "python -m xviz fetch imagenet" in message
+
+
+def test_fast_mode_is_off_by_default_and_the_status_line_says_when_on(app):
+    switch = app.sidebar.toggle(key="fast_mode")
+    assert switch.value is False
+    assert not any("Fast mode" in w.value for w in app.sidebar.warning)
+    if switch.disabled:  # no native bf16, no GPU: the switch says so and stays off
+        assert "not available here" in switch.label
+        return
+    at = switch.set_value(True).run()
+    assert not at.exception
+    precision = switch.label.split("(")[-1].rstrip(")")  # "Fast predictions (bf16)"
+    assert any("Fast mode on" in w.value and precision in w.value for w in at.sidebar.warning)
+    assert mentions(markdown_text(at), "**cup**")  # same answer on the default photo
+    at = at.sidebar.toggle(key="fast_mode").set_value(False).run()
+    assert not any("Fast mode" in w.value for w in at.sidebar.warning)

@@ -4,6 +4,7 @@ status line that always says which weights run where."""
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -11,11 +12,12 @@ import streamlit as st
 
 import xviz
 from xviz import weights as W
+from xviz.device import FAST_ENV
 from xviz.images import check_size
 from xviz.ui import cache, state, uploads
 from xviz.ui.presenter import presenter_sidebar
-from xviz.ui.state import (EXAMPLE, IMAGE_BYTES, IMAGE_ERROR, IMAGE_NAME, IMAGE_SOURCE, INPUT_SIZE, LABELS_UPLOAD,
-                           MODEL_ERROR, MODEL_SOURCE, WEIGHTS_UPLOAD)
+from xviz.ui.state import (EXAMPLE, FAST_MODE, IMAGE_BYTES, IMAGE_ERROR, IMAGE_NAME, IMAGE_SOURCE, INPUT_SIZE,
+                           LABELS_UPLOAD, MODEL_ERROR, MODEL_SOURCE, WEIGHTS_UPLOAD)
 
 # package data (like the label files), so an installed xviz has the photos too, not only a checkout
 EXAMPLES = Path(__file__).resolve().parents[1] / "data" / "examples"
@@ -144,14 +146,30 @@ def _model_sidebar():
                                   "weights were trained at. Spatial maps grow with the input.")
 
 
+def _fast_switch(model: xviz.LoadedModel) -> None:
+    """The fast-mode switch; ``state.resolve_model`` has already applied its value to ``model``."""
+    precision = model.fast_precision
+    if precision is None:
+        help_ = (f"Needs a CPU with native bf16 (AVX512-BF16 or AMX) or a CUDA GPU; {model.device_name} has "
+                 "neither, so predictions stay fp32.")
+    else:
+        help_ = (f"Predictions in {precision} instead of fp32: about twice as fast. Probabilities move by about "
+                 "1%, and the top class can change where two are close. Feature maps and attributions stay fp32.")
+    st.sidebar.toggle(f"Fast predictions ({precision or 'not available here'})", key=FAST_MODE,
+                      disabled=precision is None, help=help_)
+
+
 def sidebar() -> None:
     """Build the shared sidebar. Call after ``st.navigation`` and before ``page.run()``."""
     st.session_state.setdefault(MODEL_SOURCE, "auto")
     st.session_state.setdefault(INPUT_SIZE, 0)
+    st.session_state.setdefault(FAST_MODE, os.environ.get(FAST_ENV) == "1")
     presenter_sidebar()
     _image_sidebar()
     _model_sidebar()
     model = state.resolve_model()
+    if model is not None:
+        _fast_switch(model)
     st.session_state[state.RUN_MODEL] = model
     st.sidebar.divider()
     if model is None:
@@ -161,12 +179,16 @@ def sidebar() -> None:
 
 
 def status(model: xviz.LoadedModel, where=st) -> None:
-    """Weights and where they came from, device, input size and preprocessing — always visible."""
+    """Weights and where they came from, device, input size and preprocessing — always visible; and
+    fast mode whenever it is on."""
     if not model.trained:
         where.error("**Untrained network** — random weights. Nothing it shows means anything.")
     where.markdown(f"**Weights:** {model.source}")
     where.caption(f"**Device:** {model.device_name} · **Input:** {model.input_size}×{model.input_size} px · "
                   f"**Preprocessing:** {model.preprocessing.describe()}")
+    if model.fast:
+        where.warning(f"**Fast mode on:** predictions are computed in {model.precision}, not fp32; probabilities "
+                      "can differ by about 1%. Feature maps and attributions stay fp32.")
     if model.notes:
         with where.expander("How this model was chosen"):
             for note in model.notes:

@@ -23,6 +23,7 @@ LABELS_UPLOAD = "labels_upload"  # (name, bytes) of the user's labels file
 MODEL_ERROR = "model_error"
 WEIGHTS_REFUSED = "weights_refused"  # why the last uploaded weights file was refused (and let go)
 INPUT_SIZE = "input_size"  # 0: the weights' own size
+FAST_MODE = "fast_mode"  # predictions in bf16/fp16 (the sidebar's switch; default $XVIZ_FAST)
 IMAGE_SOURCE = "image_source"
 EXAMPLE = "example"
 PRESENTER = "presenter"  # classroom projector: larger type, projector-safe colours, fewer controls
@@ -119,7 +120,8 @@ def resolve_model() -> xviz.LoadedModel | None:
     if model is None:
         return None
     size = st.session_state.get(INPUT_SIZE, 0)
-    return model.with_input_size(size) if size and size != model.input_size else model
+    model = model.with_input_size(size) if size and size != model.input_size else model
+    return model.with_fast_mode(bool(st.session_state.get(FAST_MODE)) and model.fast_precision is not None)
 
 
 def required_model() -> xviz.LoadedModel:
