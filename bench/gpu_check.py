@@ -6,7 +6,8 @@
 Checks: the default device is CUDA; CPU and CUDA give the same logits (with TF32 convolutions off,
 and how far they drift with TF32 on); activations and Grad-CAM run on CUDA, come back on the CPU and
 leave no hooks; the view capture works. Times: ``m.net`` against a naive eager fp32 NCHW forward on
-the same GPU, in the same run. Prints one JSON object per line and exits 1 if a check fails.
+the same GPU, in the same run; predictions (``m.logits``) against ``m.net``, and fast mode (fp16)
+against fp32 predictions with its top-1 agreement. Prints one JSON object per line and exits 1 if a check fails.
 """
 
 from __future__ import annotations
@@ -127,6 +128,19 @@ def main(argv=None) -> int:
     t_cam = cuda_seconds(lambda: xviz.gradcam(g299, xf, 0), repeat=20, warmup=3)
     report("gradcam block14_sepconv2_act / naive forward on cuda", t_cam / t_naive, t_cam / t_naive <= 1.3,
            budget=1.3)
+    # issue 12: predictions (m.logits) no slower than the eager network on CUDA; fast mode (fp16)
+    t_pred = cuda_seconds(lambda: g299.logits(xf))
+    report("predictions 299px m.logits / m.net on cuda", t_pred / t_fast, t_pred / t_fast <= 1.05, budget=1.0,
+           note="logits also copies 1 x classes to the host")
+    fast = g299.with_fast_mode(True)
+    t_fp16 = cuda_seconds(lambda: fast.logits(xf))
+    report(f"fast mode ({fast.precision}) 299px / fp32 predictions on cuda", t_fp16 / t_pred)
+    worst, same = 0.0, 0
+    for img in images:
+        p, q = (m.logits(m.preprocess(img)).softmax(-1) for m in (g299, fast))
+        worst, same = max(worst, (p - q).abs().max().item()), same + int(p.argmax() == q.argmax())
+    report("fast mode top-1 agreement with fp32 on cuda", same / len(images), same == len(images))
+    report("fast mode largest probability difference on cuda", worst)
     print(json.dumps({"failures": failures}))
     return 1 if failures else 0
 
