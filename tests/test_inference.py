@@ -90,6 +90,21 @@ def test_micro_batched_logits_equal_batch_one(queue, kitchenware, inputs, gate):
     assert queue.served["largest_batch"] == I.batch_limit(150) == 8  # they really shared forwards
 
 
+def test_fast_mode_and_fp32_requests_never_share_a_batch(queue, kitchenware, inputs, gate):
+    if kitchenware.fast_precision is None:
+        pytest.skip(f"{kitchenware.device_name} has no fast mode (no native bf16, no CUDA)")
+    fast = kitchenware.with_fast_mode(True)
+    fast.predictor.prepare(inputs[0].shape, fast=True, wait=True)
+    event, _ = _blocked(queue, kitchenware, inputs[0])
+    exact = [queue.submit(kitchenware, "logits", x) for x in inputs[:2]]
+    quick = [queue.submit(fast, "logits", x) for x in inputs[:2]]
+    event.set()
+    for x, e, q in zip(inputs, exact, quick):
+        reference = kitchenware.logits(x)
+        assert rel_err(e.result(WAIT), reference) <= 1e-5
+        assert rel_err(q.result(WAIT), reference) > 1e-4  # bf16's answer, not the fp32 batch's
+
+
 def test_no_batching_at_299(queue, kitchenware, inputs, gate):
     m = kitchenware.with_input_size(299)
     x = torch.nn.functional.interpolate(inputs[0], size=299)

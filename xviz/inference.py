@@ -304,7 +304,9 @@ class _Job:
 
     @property
     def batch_key(self) -> tuple:
-        return (self.op.name, id(self.model.net), tuple(self.x.shape[1:]), self.x.dtype, _frozen(self.params))
+        # precision: a fast-mode (bf16/fp16) view shares the network with the fp32 model, not its answers
+        return (self.op.name, id(self.model.net), getattr(self.model, "precision", "fp32"), tuple(self.x.shape[1:]),
+                self.x.dtype, _frozen(self.params))
 
     @property
     def cost_key(self) -> tuple:
