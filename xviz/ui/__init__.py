@@ -12,7 +12,15 @@ The modules:
 - ``presenter``: presenter mode for projectors (colour scales, larger type).
 - ``views/``: what the pages draw, by subject (predict, flows, separable, attribution).
 - ``legacy_pages``: the one workaround that touches a private Streamlit class.
+
+Importing this package freezes the heap built by the imports (``gc.freeze``): torch, plotly, pandas
+and Streamlit leave ~260k long-lived objects that every full garbage collection would walk again
+(2 s on a loaded 2-core machine, holding the GIL while every session waits). With Streamlit's own
+collection after each run switched off (``[runner] postScriptGC = false``), Python's automatic
+collections still reclaim cycles, but only among objects made since: memory stays bounded (bench/soak.py).
 """
+
+import gc
 
 # what pages/* and app.py call
 from xviz.ui.cache import (architecture, efficientnet_scaling, flow_capture, layer_summary, layer_table, ledger,
@@ -25,3 +33,5 @@ from xviz.ui.views.attribution import (attribution_options, pick_attribution_tar
 from xviz.ui.views.flows import view_channel_grid, view_layer_numbers, view_residual, view_size_strip
 from xviz.ui.views.predict import view_input, view_predictions
 from xviz.ui.views.separable import view_separable
+
+gc.freeze()  # once per process (an import runs once); see the module docstring
