@@ -11,7 +11,7 @@ ui.page_header("Inside the flows: feature maps",
                "a handle?*). Early layers are large and few, later ones small and many.")
 sel = ui.current()
 model, size = sel.model, sel.model.input_size
-cap = ui.flow_capture(model.key, sel.image_key, size, model, sel.image)
+cap = ui.flow_capture(sel)
 table = ui.layer_table(model.key, size, model)
 blocks = flows.block_names(model.net)
 rows_by_block = {b: [r for r in table if r.block == b] for bl in blocks.values() for b in bl}

@@ -41,7 +41,7 @@ def nav(where: str) -> None:
 
 
 def strongest_channel(layer: str) -> int:
-    cap = ui.flow_capture(model.key, sel.image_key, size, model, sel.image)
+    cap = ui.flow_capture(sel)
     return int(ui.layer_summary(model.key, sel.image_key, size, layer, cap)[1]["mean"][0])
 
 
@@ -81,7 +81,7 @@ def show(slug: str) -> None:
         if not model.has_head:
             st.warning("Grad-CAM explains a class score; this model has no classifier head.")
             return
-        cap = ui.flow_capture(model.key, sel.image_key, size, model, sel.image)
+        cap = ui.flow_capture(sel)
         top = int(cap.logits.argmax())  # the class of step 6's best guess, from the same forward pass
         ui.view_attribution(sel, top, key="tour_cam", controls=False)
 

@@ -17,7 +17,7 @@ import torch
 
 import xviz
 from xviz import inference as I
-from tests.helpers import rel_err
+from helpers import rel_err
 
 WAIT = 60  # seconds: generous, the machine may be shared; a deadlock still fails the test
 

@@ -11,6 +11,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -120,9 +121,7 @@ class LoadedModel:
         if not self.has_head:
             raise WeightsError("This model has no classifier head (a 'notop' backbone), so it can't "
                                "predict classes. Its feature maps are still available.")
-        probs = self.logits(self.preprocess(img)).softmax(dim=-1)[0]
-        top = probs.topk(min(k, probs.numel()))
-        return [(int(i), self.labels[i], float(p)) for p, i in zip(top.values, top.indices)]
+        return top_k(self.labels, self.logits(self.preprocess(img))[0], k)
 
     def with_input_size(self, size: int) -> "LoadedModel":
         """Same network and weights, images prepared at another size (every size >= 71 works)."""
@@ -146,6 +145,14 @@ class LoadedModel:
                              f"this model runs on {self.device_name} without either")
         key = f"{self.key}+{self.fast_precision}" if on else self.key.replace(f"+{self.fast_precision}", "")
         return dataclasses.replace(self, fast=on, key=key)
+
+
+def top_k(labels: list[str], logits, k: int = 5) -> list[tuple[int, str, float]]:
+    """Top-``k`` (class index, label, softmax probability) of one image's (classes,) logits, most
+    likely first: how predictions are read from a forward pass, wherever it ran (queue, capture)."""
+    probs = torch.from_numpy(np.array(logits, dtype=np.float32)).softmax(dim=-1)  # a copy: stored logits are read-only
+    top = probs.topk(min(k, probs.numel()))
+    return [(int(i), labels[i], float(p)) for p, i in zip(top.values, top.indices)]
 
 
 def load_model(source: str | Path = "auto", labels: str | Path | list[str] | None = None,

@@ -12,6 +12,8 @@ The modules:
 - ``presenter``: presenter mode for projectors (colour scales, larger type).
 - ``views/``: what the pages draw, by subject (predict, flows, separable, attribution).
 - ``legacy_pages``: the one workaround that touches a private Streamlit class.
+- ``waiting``: requests to the model go through the inference queue (:mod:`xviz.inference`); while
+  one waits, the student sees their place in line.
 
 Importing this package freezes the heap built by the imports (``gc.freeze``): torch, plotly, pandas
 and Streamlit leave ~260k long-lived objects that every full garbage collection would walk again

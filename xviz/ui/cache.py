@@ -1,7 +1,9 @@
 """Everything cached: models (``st.cache_resource``, one per source, shared by all sessions, never
 mutated: hooked forwards serialise on ``LoadedModel.lock``), derived tables and maps
 (``st.cache_data``, keyed by short content ids: image sha256, model key, never tensors or modules),
-and the process-wide store of attribution results.
+and the process-wide stores of what the model computed per image (logits, the feature-map capture,
+attributions), filled through the inference queue (:mod:`xviz.inference`) while the student sees
+their place in line (:mod:`xviz.ui.waiting`).
 """
 
 from __future__ import annotations
@@ -13,12 +15,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import cachetools
+import numpy as np
 import streamlit as st
 from PIL import Image
 
 import xviz
+from xviz import inference
 from xviz import weights as W
 from xviz.ui import uploads
+from xviz.ui.waiting import Results, computed, session_id
 
 if TYPE_CHECKING:
     from xviz.ui.state import Selection
@@ -90,18 +95,34 @@ def decode_image(image_key: str, _data: bytes) -> Image.Image:
     return xviz.load_image(_data)
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
-def predictions(model_key: str, image_key: str, k: int, _model: xviz.LoadedModel,
-                _image: Image.Image) -> list[tuple[str, float]]:
-    """Top-k predictions, computed once per (model, image, k)."""
-    return _model.predict(_image, k=k)
+# One forward per (model, image, input size) for everything without a gradient: the logits are kept
+# per image, and predictions and top classes of any k are read from them; a capture's own forward
+# fills them too, so a student who opened the maps first costs no second forward for predictions.
+_logits = Results(maxsize=512)  # (classes,) float32: 4 kB an image for ImageNet
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
-def top_classes(model_key: str, image_key: str, k: int, _model: xviz.LoadedModel,
-                _image: Image.Image) -> list[tuple[int, str, float]]:
-    """Top-k (class index, label, probability), computed once per (model, image, k)."""
-    return _model.top_classes(_image, k=k)
+def logits(sel: Selection) -> np.ndarray:
+    """(classes,) float32 logits of the selected image (one queued, micro-batched forward, kept)."""
+    model = sel.model
+    key = (model.key, sel.image_key)
+    hit = _logits.get(key)
+    if hit is None:
+        cap = _captures.get((model.key, sel.image_key, model.input_size))
+        if cap is not None and cap.logits.size:
+            return _logits.put(key, cap.logits)
+    return computed(_logits, key, lambda: inference.backend().submit(
+        model, "logits", model.preprocess(sel.image), key=("logits", *key), session=session_id()),
+        "Predicting", finish=lambda out: _frozen(out[0].numpy()))
+
+
+def predictions(sel: Selection, k: int) -> list[tuple[str, float]]:
+    """Top-k (label, probability), most likely first, from :func:`logits`."""
+    return [(label, p) for _, label, p in top_classes(sel, k)]
+
+
+def top_classes(sel: Selection, k: int) -> list[tuple[int, str, float]]:
+    """Top-k (class index, label, probability), from :func:`logits`."""
+    return xviz.loaded.top_k(sel.model.labels, logits(sel), k)
 
 
 def sha256(data: bytes) -> str:
@@ -142,16 +163,27 @@ def efficientnet_scaling():
     return across.efficientnet_scaling()
 
 
-@st.cache_resource(show_spinner="Running the network once and keeping every map these pages show…",
-                   max_entries=3)
-def flow_capture(model_key: str, image_key: str, input_size: int, _model: xviz.LoadedModel,
-                 _image: Image.Image):
-    """ONE forward pass per (model, image, input size): the float16 maps of xviz.flows (~82 MB at
-    299 px), shared read-only by every session and every page; changing layer, channel or sort
-    order reuses it."""
-    from xviz import flows
+# Captures are the largest things kept (~19 MB an image at 150 px, ~82 MB at 299 px): bounded by bytes,
+# so a class at 150 px keeps every student's maps while they browse, and 299 px keeps the last few.
+_captures = Results(maxsize=320 * 2**20, getsizeof=lambda cap: cap.nbytes)
 
-    return flows.capture_views(_model, _model.preprocess(_image))
+
+def flow_capture(sel: Selection):
+    """ONE forward pass per (model, image, input size): the float16 maps of xviz.flows, shared
+    read-only by every session and every page; changing layer, channel or sort order reuses it.
+    Its logits serve the predictions too."""
+    model = sel.model
+    model_key, image_key, input_size = model.key, sel.image_key, model.input_size
+    key = (model_key, image_key, input_size)
+
+    def keep(cap):
+        if cap.logits.size:
+            _logits.put((model_key, image_key), _frozen(cap.logits))
+        return cap
+
+    return computed(_captures, key, lambda: inference.backend().submit(
+        model, "capture", model.preprocess(sel.image), key=("capture", *key), session=session_id()),
+        "Running the network once and keeping every map these pages show", finish=keep)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
@@ -201,34 +233,17 @@ def tour_facts(model_key: str, input_size: int, _model: xviz.LoadedModel):
 
 
 # -- attributions: where the network looks (pages/gradcam.py, xviz.attributions) ----------------
-# Maps, deletion curves and randomisation checks are kept in one process-wide LRU rather than
-# st.cache_data: the slow methods report progress into an st.progress bar drawn outside the
-# computation, which cache_data would record and fail to replay. Keys are small values only:
-# (kind, model key, image sha256, input size, method, layer, target, options).
+# Maps, deletion curves and randomisation checks go through the queue (heavy requests, in arrival
+# order; the slow methods report progress, shown in place of the waiting line). Keys are small values
+# only: (kind, model key, image sha256, input size, method, layer, target, options).
 
-_results = cachetools.LRUCache(maxsize=96)  # ~35 MB of 299 px float32 maps at most
-_results_lock = threading.Lock()  # LRUCache is not thread-safe, and every session's script is a thread
+_results = Results(maxsize=96)  # ~35 MB of 299 px float32 maps at most
 
 
-def _stored(key: tuple, compute, what: str):
-    """The stored result for ``key``, or ``compute(progress)`` with a progress bar while it runs."""
-    with _results_lock:
-        hit = _results.get(key)
-    if hit is not None:
-        return hit
-    bar = st.empty()
-
-    def progress(done: int, total: int):
-        bar.progress(min(done / max(total, 1), 1.0), text=f"{what}: {done} of {total}")
-
-    try:
-        with st.spinner(f"{what}…"):
-            value = compute(progress)
-    finally:
-        bar.empty()
-    with _results_lock:
-        _results[key] = value
-    return value
+def _stored(key: tuple, model: xviz.LoadedModel, op: str, x, what: str, finish=lambda v: v, **params):
+    """The stored result for ``key``, or the queue's answer to ``op`` (waited for visibly)."""
+    return computed(_results, key, lambda: inference.backend().submit(
+        model, op, x, key=key, session=session_id(), **params), what, finish=finish)
 
 
 def _frozen(arr):
@@ -246,10 +261,9 @@ def attribution_map(sel: Selection, method: str, layer: str, target: int, option
     spec = A.METHODS[method]
     layer = layer if spec.uses_layer else ""
     key = ("map", sel.model.key, sel.image_key, sel.model.input_size, method, layer, target, options)
-    x = sel.model.preprocess(sel.image)
-    return _stored(key, lambda progress: _frozen(A.attribute(
-        sel.model, x, target, method, layer=layer or A.DEFAULT_LAYER, progress=progress,
-        **dict(options)).numpy()), f"Computing {spec.title}")
+    return _stored(key, sel.model, "attribution", sel.model.preprocess(sel.image), f"Computing {spec.title}",
+                   lambda heat: _frozen(heat.numpy()), target=target, method=method,
+                   **({"layer": layer} if layer else {}), **dict(options))
 
 
 def attribution_deletion(sel: Selection, method: str, layer: str, target: int, options: tuple = ()):
@@ -259,9 +273,8 @@ def attribution_deletion(sel: Selection, method: str, layer: str, target: int, o
     heat = attribution_map(sel, method, layer, target, options)
     layer = layer if A.METHODS[method].uses_layer else ""
     key = ("deletion", sel.model.key, sel.image_key, sel.model.input_size, method, layer, target, options)
-    x = sel.model.preprocess(sel.image)
-    return _stored(key, lambda progress: A.deletion_curve(sel.model, x, heat, target, progress=progress),
-                   "Deleting pixels, most relevant first")
+    return _stored(key, sel.model, "deletion", sel.model.preprocess(sel.image), "Deleting pixels, most relevant first",
+                   heat=heat, target=target)
 
 
 def attribution_randomisation(sel: Selection, method: str, layer: str, target: int, options: tuple = (),
@@ -272,8 +285,7 @@ def attribution_randomisation(sel: Selection, method: str, layer: str, target: i
     layer = layer if A.METHODS[method].uses_layer else ""
     key = ("randomise", sel.model.key, sel.image_key, sel.model.input_size, method, layer, target, options,
            stages)
-    x = sel.model.preprocess(sel.image)
-    return _stored(key, lambda progress: A.randomisation_check(
-        sel.model, x, target, method, layer=layer or A.DEFAULT_LAYER, stages=stages, progress=progress,
-        **dict(options)), "Randomising the network from the head down")
+    return _stored(key, sel.model, "randomisation", sel.model.preprocess(sel.image),
+                   "Randomising the network from the head down", target=target, method=method,
+                   layer=layer or A.DEFAULT_LAYER, stages=stages, **dict(options))
 

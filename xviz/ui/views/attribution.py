@@ -79,7 +79,7 @@ SLOW_CASCADE = ("head", "block14", "block13", "block12", "block8", "block4", "bl
 def pick_attribution_target(sel: Selection, where=st, *, key: str = "gc") -> int:
     """The class to explain: one of the top guesses, or any label by search. Returns its index."""
     model = sel.model
-    top = top_classes(model.key, sel.image_key, min(5, len(model.labels)), model, sel.image)
+    top = top_classes(sel, min(5, len(model.labels)))
     if where.toggle("Any class (search by name)", key=f"{key}_any",
                     help="Off: the model's top guesses. On: every class it knows; type to search."):
         return where.selectbox("Class to explain", range(len(model.labels)), format_func=model.labels.__getitem__,

@@ -12,7 +12,7 @@ from xviz.ui.state import Selection
 
 def _flow_rows(sel: Selection):
     model, size = sel.model, sel.model.input_size
-    cap = flow_capture(model.key, sel.image_key, size, model, sel.image)
+    cap = flow_capture(sel)
     return cap, {r.name: r for r in layer_table(model.key, size, model)}
 
 

@@ -22,7 +22,7 @@ def view_predictions(sel: Selection, k: int) -> list[tuple[str, float]]:
     """The top-``k`` bar chart; returns the predictions shown."""
     from xviz.figures import topk_bar
 
-    preds = predictions(sel.model.key, sel.image_key, k, sel.model, sel.image)
+    preds = predictions(sel, k)
     st.plotly_chart(projected(topk_bar(preds)), width="stretch")
     return preds
 

@@ -24,7 +24,7 @@ def view_separable(sel: Selection, name: str, *, key: str = "sep", controls: boo
 
     heading = heading or st.header
     model, size = sel.model, sel.model.input_size
-    cap = flow_capture(model.key, sel.image_key, size, model, sel.image)
+    cap = flow_capture(sel)
     cmap, show_downloads = colormap("maps"), controls and not presenter()
     anat = flows.separable_anatomy(model, cap, name)
     cin, cout, (h, w) = anat.in_channels, anat.out_channels, anat.pointwise.shape[1:]
