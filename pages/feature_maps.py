@@ -49,8 +49,8 @@ right.caption(f"Channel {channel}: values {values.min():.3g} … {values.max():.
               f"{(values <= 0).mean():.0%} zero after ReLU. Hover over the map for values. The overlay is "
               "approximate: a map pixel stands for the centre of the image patch it sees.")
 if not ui.presenter():
-    right.download_button("Download this channel (PNG)", M.png_bytes(M.channel_picture(values, **picture)),
-                          f"{layer}_ch{channel}.png", "image/png")
+    right.download_button("Download this channel (PNG)", lambda: M.png_bytes(M.channel_picture(values, **picture)),
+                          f"{layer}_ch{channel}.png", "image/png")  # encoded on click, not every rerun
 
 if f"{block}_add" in cap.plan:
     ui.view_residual(sel, block, channel=channel)

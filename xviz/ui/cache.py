@@ -125,6 +125,15 @@ def top_classes(sel: Selection, k: int) -> list[tuple[int, str, float]]:
     return xviz.loaded.top_k(sel.model.labels, logits(sel), k)
 
 
+@st.cache_data(show_spinner=False, max_entries=64)
+def photo_jpeg(image_key: str, _image: Image.Image) -> bytes:
+    """The photo as shown beside the model's input: JPEG at most 1024 px wide or high, encoded once
+    per image (``st.image`` of the PIL image would encode it at quality 100 on every rerun)."""
+    from xviz.figures import maps
+
+    return maps.jpeg_bytes(_image, max_side=1024)
+
+
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

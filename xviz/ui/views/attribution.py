@@ -21,6 +21,7 @@ def view_attribution(sel: Selection, target: int, *, method: str = "gradcam", la
 
     from xviz import attributions as A
     from xviz.figures import attribution as F
+    from xviz.figures import maps as M
 
     model, size = sel.model, sel.model.input_size
     layer, options = layer or A.DEFAULT_LAYER, options or {}
@@ -55,7 +56,7 @@ def view_attribution(sel: Selection, target: int, *, method: str = "gradcam", la
                + (". Red: evidence for the class, blue: against." if any(A.METHODS[n].signed for n in chosen)
                   else "."))
     pic, note = (st.container(), st.container()) if compare else st.columns([3, 2])
-    pic.image(image, width="stretch", caption=caption)
+    pic.image(M.jpeg_bytes(image), width="stretch", caption=caption)
     if spec.uses_layer and layer in shapes:
         note.markdown(f"**How to read it.** Warm colours: places that raised the score of **{label}**; cold: "
                       f"little or nothing. {spec.title} is computed on the {shapes[layer].height}×"
@@ -69,8 +70,9 @@ def view_attribution(sel: Selection, target: int, *, method: str = "gradcam", la
     if controls and not presenter():
         settings = {"method": "+".join(chosen), "layer": layer, "class": label, "view": view.split()[0],
                     "alpha": alpha, "cmap": cmap, "size": size, "image": sel.image_key[:8]}
-        note.download_button("Download this picture (PNG)", F.png_bytes(image, settings), F.png_filename(settings),
-                             "image/png", key=f"{key}_png")
+        # encoded on click only (a callable), not on every rerun of the page
+        note.download_button("Download this picture (PNG)", lambda: F.png_bytes(image, settings),
+                             F.png_filename(settings), "image/png", key=f"{key}_png")
 
 
 SLOW_CASCADE = ("head", "block14", "block13", "block12", "block8", "block4", "block1")  # 7 maps, not 15
