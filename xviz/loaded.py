@@ -150,7 +150,9 @@ class LoadedModel:
 def top_k(labels: list[str], logits, k: int = 5) -> list[tuple[int, str, float]]:
     """Top-``k`` (class index, label, softmax probability) of one image's (classes,) logits, most
     likely first: how predictions are read from a forward pass, wherever it ran (queue, capture)."""
-    probs = torch.from_numpy(np.array(logits, dtype=np.float32)).softmax(dim=-1)  # a copy: stored logits are read-only
+    logits = (logits.detach().float().cpu() if isinstance(logits, torch.Tensor)
+              else torch.from_numpy(np.array(logits, dtype=np.float32)))  # a copy: stored logits are read-only
+    probs = logits.softmax(dim=-1)
     top = probs.topk(min(k, probs.numel()))
     return [(int(i), labels[i], float(p)) for p, i in zip(top.values, top.indices)]
 
