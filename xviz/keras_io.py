@@ -16,7 +16,6 @@ Both are turned into a list of :class:`KerasLayer` in model order, which
 from __future__ import annotations
 
 import io
-import json
 import re
 import zipfile
 from dataclasses import dataclass, field
@@ -26,11 +25,12 @@ import h5py
 import numpy as np
 import torch
 
+from .budget import (MAX_ENTRIES, MAX_METADATA_BYTES, ByteBudget, StoredMember, check_inflation, loads_json,
+                     open_zip, read_member)
 from .errors import WeightsError
 from .model import ENTRY_BLOCKS, HeadLayer, Xception, XceptionConfig
 
 RESIDUAL_BLOCKS = (*ENTRY_BLOCKS, 13)  # blocks whose shortcut is an (anonymous) 1x1 conv + BN
-MAX_CONFIG_BYTES = 16 * 1024 * 1024
 
 
 @dataclass
@@ -70,30 +70,34 @@ def _kind_from_weight_names(names: list[str], arrays: list[np.ndarray]) -> str:
     return "unknown"
 
 
-def read_keras2_h5(path: str | Path) -> KerasModel:
-    """Layers with weights from a Keras 2 HDF5 file, in the file's ``layer_names`` order."""
-    try:
-        f = h5py.File(path, "r")
-    except OSError as exc:
-        raise WeightsError(f"{Path(path).name} is not a readable HDF5 file ({exc}).") from None
-    with f:
-        group = f["model_weights"] if "model_weights" in f else f
-        if "layer_names" not in group.attrs:
-            raise WeightsError(f"{Path(path).name} has no 'layer_names' attribute: it is not a Keras 2 "
+def read_keras2_h5(path: str | Path, budget: ByteBudget | None = None) -> KerasModel:
+    """Layers with weights from a Keras 2 HDF5 file, in the file's ``layer_names`` order.
+
+    Every dataset is checked (:func:`_read_dataset`) and charged to ``budget`` before it is read.
+    """
+    path = Path(path)
+    budget = budget or ByteBudget(path.name)
+    with _open_h5(path, path.name) as f:
+        group = _get(f, "model_weights", path.name) if "model_weights" in f else f
+        if group is None or "layer_names" not in group.attrs:
+            raise WeightsError(f"{path.name} has no 'layer_names' attribute: it is not a Keras 2 "
                                "weights file (a Keras 3 file ends in .keras or .weights.h5).")
         config_layers = {}
         input_size = None
         if "model_config" in f.attrs:
-            cfg = json.loads(_text(f.attrs["model_config"]))
+            cfg = loads_json(_text(_read_attr(f, "model_config", path.name, 1)), path.name, "model_config")
             for layer in _walk_config(cfg):
                 config_layers[layer["config"].get("name", layer.get("name"))] = layer
                 input_size = input_size or _input_size(layer)
         layers = []
-        for raw in group.attrs["layer_names"]:
+        for raw in _read_attr(group, "layer_names", path.name, MAX_ENTRIES):
             name = _text(raw)
-            g = group[name]
-            weight_names = [_text(w) for w in g.attrs.get("weight_names", [])]
-            arrays = [np.asarray(g[w]) for w in weight_names]
+            g = _get(group, name, path.name)
+            if g is None:
+                raise WeightsError(f"{path.name} is damaged: it lists layer {name!r} but has no weights for it.")
+            weight_names = ([_text(w) for w in _read_attr(g, "weight_names", path.name, MAX_LAYER_ARRAYS)]
+                            if "weight_names" in g.attrs else [])
+            arrays = [_read_dataset(g, w, path.name, budget) for w in weight_names]
             cfg = config_layers.get(name, {})
             kind = _CLASS_KIND.get(cfg.get("class_name"), None) or (
                 _kind_from_weight_names(weight_names, arrays) if arrays else cfg.get("class_name", "none"))
@@ -101,48 +105,123 @@ def read_keras2_h5(path: str | Path) -> KerasModel:
     return KerasModel(layers, input_size, "Keras 2 HDF5 weights")
 
 
-def read_keras3(path: str | Path) -> KerasModel:
-    """Layers from a Keras 3 ``.keras`` zip, in config order, nested models flattened."""
-    try:
-        zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise WeightsError(f"{Path(path).name} is not a Keras 3 .keras file (not a zip: {exc}).") from None
-    with zf:
+def read_keras3(path: str | Path, budget: ByteBudget | None = None) -> KerasModel:
+    """Layers from a Keras 3 ``.keras`` zip, in config order, nested models flattened.
+
+    Member sizes and compression are checked before anything is inflated; a stored (uncompressed)
+    ``model.weights.h5``, which is what Keras writes, is read in place, never copied into memory.
+    """
+    path = Path(path)
+    name = path.name
+    budget = budget or ByteBudget(name)
+    with open_zip(path, name, "Keras 3 .keras") as zf:
         names = set(zf.namelist())
         if not {"config.json", "model.weights.h5"} <= names:
-            raise WeightsError(f"{Path(path).name} lacks config.json or model.weights.h5: "
-                               "not a Keras 3 model file.")
-        if zf.getinfo("config.json").file_size > MAX_CONFIG_BYTES:
-            raise WeightsError(f"{Path(path).name}: config.json is implausibly large.")
-        config = json.loads(zf.read("config.json"))
-        meta = json.loads(zf.read("metadata.json")) if "metadata.json" in names else {}
-        with zf.open("model.weights.h5") as member:
-            h5 = h5py.File(io.BytesIO(member.read()), "r")
+            raise WeightsError(f"{name} lacks config.json or model.weights.h5: not a Keras 3 model file.")
+        config = loads_json(read_member(zf, "config.json", name, budget, MAX_METADATA_BYTES), name, "config.json")
+        meta = (loads_json(read_member(zf, "metadata.json", name, budget, MAX_METADATA_BYTES), name, "metadata.json")
+                if "metadata.json" in names else {})
+        info = zf.getinfo("model.weights.h5")
+        if info.compress_type == zipfile.ZIP_STORED and info.compress_size == info.file_size:
+            weights_file = StoredMember(path, info)
+        else:
+            weights_file = io.BytesIO(read_member(zf, "model.weights.h5", name, budget))
     layers: list[KerasLayer] = []
     input_size = None
-    with h5:
+    seen = 0
+    with weights_file, _open_h5(weights_file, name) as h5:
         def visit(container_cfg: dict, group: h5py.Group | None):
-            nonlocal input_size
+            nonlocal input_size, seen
             used: dict[str, int] = {}
             for layer in container_cfg["config"]["layers"]:
+                seen += 1
+                if seen > MAX_ENTRIES:
+                    raise WeightsError(f"{name} is refused: its config lists more than {MAX_ENTRIES:,} layers; "
+                                       "Keras' Xception has 134.")
                 base = to_snake_case(layer["class_name"])
                 count = used.get(base, 0)
                 used[base] = count + 1
                 h5_name = base if count == 0 else f"{base}_{count}"
-                sub = group[h5_name] if group is not None and h5_name in group else None
+                sub = _get(group, h5_name, name) if group is not None else None
                 if "layers" in layer.get("config", {}):  # a nested model, like the Xception backbone
-                    visit(layer, sub["layers"] if sub is not None and "layers" in sub else None)
+                    visit(layer, _get(sub, "layers", name) if sub is not None else None)
                     continue
                 input_size = input_size or _input_size(layer)
                 arrays = []
-                if sub is not None and "vars" in sub:
-                    arrays = [np.asarray(sub["vars"][k]) for k in sorted(sub["vars"], key=int)]
+                variables = _get(sub, "vars", name) if sub is not None else None
+                if variables is not None:
+                    too_many = len(variables) > MAX_LAYER_ARRAYS  # len() lists nothing: ask before listing
+                    keys = [] if too_many else list(variables)
+                    if too_many or not all(k.isdigit() for k in keys):
+                        raise WeightsError(f"{name} is damaged: layer {h5_name!r} has unexpected arrays.")
+                    arrays = [_read_dataset(variables, k, name, budget) for k in sorted(keys, key=int)]
                 kind = _CLASS_KIND.get(layer["class_name"], layer["class_name"])
                 layers.append(KerasLayer(layer["config"].get("name", h5_name), kind, arrays, layer["config"]))
 
-        visit(config, h5["layers"] if "layers" in h5 else None)
+        visit(config, _get(h5, "layers", name))
     version = meta.get("keras_version", "3")
     return KerasModel(layers, input_size, f"Keras {version} .keras file")
+
+
+# -- HDF5, looked at before it is read ----------------------------------------------------------
+
+MAX_LAYER_ARRAYS = 16  # a BatchNormalization has 4, a SeparableConv2D 2-3
+
+
+def _open_h5(source, name: str) -> h5py.File:
+    try:
+        return h5py.File(source, "r")
+    except (OSError, ValueError):
+        raise WeightsError(f"{name} is not a readable HDF5 file: it is damaged or not a Keras weights file.") from None
+
+
+def _get(group: h5py.Group, path: str, name: str):
+    """``group[path]`` through hard links only, or None if absent.
+
+    HDF5 links can point into other files (external links) or elsewhere by name (soft links);
+    following them would let an upload make the server open files by path.
+    """
+    obj = group
+    for part in path.split("/"):
+        if not part:
+            continue
+        if not isinstance(obj, h5py.Group) or part not in obj:
+            return None
+        link = obj.get(part, getlink=True)
+        if not isinstance(link, h5py.HardLink):
+            raise WeightsError(f"{name} is refused: {part!r} is a link to somewhere else "
+                               f"({type(link).__name__}); Keras never writes links.")
+        obj = obj[part]
+    return obj
+
+
+def _read_attr(obj, key: str, name: str, max_items: int):
+    """An attribute, after checking how many items (and for fixed-width strings, bytes) it holds."""
+    aid = obj.attrs.get_id(key)
+    items = int(np.prod(aid.shape)) if aid.shape else 1
+    if items > max_items or (aid.dtype.kind == "S" and items * aid.dtype.itemsize > MAX_METADATA_BYTES):
+        raise WeightsError(f"{name} is refused: its {key!r} attribute is far larger than an Xception's.")
+    value = obj.attrs[key]
+    if isinstance(value, (str, bytes)) and len(value) > MAX_METADATA_BYTES:  # variable-length text
+        raise WeightsError(f"{name} is refused: its {key!r} attribute is far larger than an Xception's.")
+    return value
+
+
+def _read_dataset(group: h5py.Group, path: str, name: str, budget: ByteBudget) -> np.ndarray:
+    """One weight array, read only after its dtype, layout and sizes pass and the budget is charged."""
+    ds = _get(group, path, name)
+    if not isinstance(ds, h5py.Dataset):
+        raise WeightsError(f"{name} is damaged: the array {path!r} it lists is missing.")
+    where = f"array {ds.name}"
+    if ds.dtype.kind != "f" or ds.dtype.itemsize not in (2, 4, 8):
+        raise WeightsError(f"{name} is refused: {where} holds {ds.dtype}, not floating-point weights.")
+    dcpl = ds.id.get_create_plist()
+    if dcpl.get_layout() == h5py.h5d.VIRTUAL or dcpl.get_external_count():
+        raise WeightsError(f"{name} is refused: {where} keeps its data in other files; Keras never does.")
+    nbytes = int(np.prod(ds.shape, dtype=object)) * ds.dtype.itemsize if ds.shape else ds.dtype.itemsize
+    check_inflation(name, where, ds.id.get_storage_size(), nbytes)
+    budget.charge(nbytes, where)
+    return np.asarray(ds[()])
 
 
 def keras_layers_to_state_dict(model: KerasModel) -> tuple[dict[str, torch.Tensor], XceptionConfig]:

@@ -202,9 +202,9 @@ def load_file(path: str | Path, labels: str | Path | list[str] | None = None,
     dev = device if isinstance(device, torch.device) else pick_device(device)
     if not path.is_file():
         raise WeightsError(f"No weights file at {path}.")
+    names = read_labels(labels) if labels is not None else None  # first: it is cheap, the weights are not
     ckpt = W.read_checkpoint(path)
     num_classes = ckpt.config.num_classes
-    names = read_labels(labels) if labels is not None else None
     if names is None:
         if num_classes == 1000:
             names = imagenet_labels()
@@ -227,41 +227,81 @@ def load_file(path: str | Path, labels: str | Path | list[str] | None = None,
     return _from_checkpoint(ckpt, prep, names, source, "file", dev, path)
 
 
+MAX_LABELS_BYTES = 2**20  # ImageNet-21k's 21,843 names take 0.5 MB; JSON becomes objects up to ~21x its size
+MAX_LABEL_CHARS = 200  # one class name; a longer one is not a name
+
+
 def read_labels(labels: str | Path | list[str]) -> list[str]:
-    """Class names from a list, a .txt file (one per line) or a .json list / {index: name} dict."""
+    """Class names from a list, a .txt file (one per line) or a .json list / {index: name} dict.
+
+    Raises:
+        LabelsError: unreadable, too large, malformed, empty or blank names.
+    """
     if isinstance(labels, (list, tuple)):
         names = [str(x) for x in labels]
     else:
         path = Path(labels)
         try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise LabelsError(f"Can't read the labels file {path.name} ({exc}).") from None
-        names = parse_labels(text, path.suffix.lower() == ".json")
+            if path.stat().st_size > MAX_LABELS_BYTES:
+                raise LabelsError(f"The labels file {path.name} is {path.stat().st_size / 1e6:.1f} MB; a list "
+                                  f"of class names is far smaller (at most {MAX_LABELS_BYTES // 2**20} MB).")
+            data = path.read_bytes()
+        except OSError as exc:
+            raise LabelsError(f"Can't read the labels file {path.name} ({exc.strerror or exc}).") from None
+        names = parse_labels(data, path.suffix.lower() == ".json")
     if not names or any(not n.strip() for n in names):
         raise LabelsError("The labels list is empty or has blank names. Give one class name per line.")
     return names
 
 
-def parse_labels(text: str, is_json: bool) -> list[str]:
+def parse_labels(text: str | bytes, is_json: bool) -> list[str]:
+    """Class names from the text of a labels file (bytes must be UTF-8); see :func:`read_labels`."""
+    if len(text) > MAX_LABELS_BYTES:
+        raise LabelsError(f"The labels file is {len(text) / 1e6:.1f} MB; a list of class names is far "
+                          f"smaller (at most {MAX_LABELS_BYTES // 2**20} MB).")
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError:
+            raise LabelsError("The labels file is not UTF-8 text. Save it as plain text, "
+                              "one class name per line.") from None
     if not is_json:
-        return [line.strip() for line in text.splitlines() if line.strip()]
+        return _names([line.strip() for line in text.splitlines() if line.strip()])
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise LabelsError(f"The labels JSON is malformed ({exc.msg}, line {exc.lineno}).") from None
+    except RecursionError:
+        raise LabelsError("The labels JSON is nested too deeply. Give a flat list of names, "
+                          'like ["cat", "dog"].') from None
     if isinstance(data, list):
-        return [str(x) for x in data]
+        return _names(data)
     if isinstance(data, dict):
         try:
-            by_index = {int(k): str(v) for k, v in data.items()}
+            by_index = {int(k): v for k, v in data.items()}
         except ValueError:
             # {name: index}, as Keras' class_indices
-            by_index = {int(v): str(k) for k, v in data.items()}
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in data.values()):
+                raise LabelsError('The labels JSON must map indices to names ({"0": "cat"}) or names '
+                                  'to indices ({"cat": 0}).') from None
+            by_index = {v: k for k, v in data.items()}
         if sorted(by_index) != list(range(len(by_index))):
             raise LabelsError("The labels JSON's indices are not 0, 1, 2, … without gaps.")
-        return [by_index[i] for i in range(len(by_index))]
+        return _names([by_index[i] for i in range(len(by_index))])
     raise LabelsError("The labels JSON must be a list of names or an {index: name} object.")
+
+
+def _names(items: list) -> list[str]:
+    """Names are strings (numbers are taken as text); anything else is a mistake, not a name."""
+    if not all(isinstance(x, (str, int, float)) and not isinstance(x, bool) for x in items):
+        raise LabelsError('Every label must be a name (text), like ["cat", "dog"]; this file has lists '
+                          "or objects where names should be.")
+    names = [str(x) for x in items]
+    long = next((n for n in names if len(n) > MAX_LABEL_CHARS), None)
+    if long is not None:
+        raise LabelsError(f"A label is {len(long):,} characters long; class names are short "
+                          f"(at most {MAX_LABEL_CHARS}). Is this the right file?")
+    return names
 
 
 def untrained(device: torch.device | None = None) -> LoadedModel:

@@ -10,10 +10,13 @@ import hashlib
 import importlib.util
 import json
 import os
+import pickletools
 import re
+import struct
 import tempfile
 import urllib.error
 import urllib.request
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -21,7 +24,9 @@ from typing import Callable
 import torch
 
 from . import keras_io
-from .errors import WeightsError, WeightsUnavailableError
+from .budget import (MAX_ENTRIES, MAX_LOAD_BYTES, MAX_METADATA_BYTES, MAX_PICKLE_BYTES, ByteBudget, loads_json, mb,
+                     open_zip)
+from .errors import WeightsError, WeightsUnavailableError, XvizError
 from .model import HeadLayer, Xception, XceptionConfig
 from .preprocess import Preprocessing
 
@@ -75,6 +80,9 @@ KITCHENWARE = WeightsSpec(
 )
 
 REGISTRY = {spec.name: spec for spec in (IMAGENET, KITCHENWARE)}
+MAX_PICKLE_OPS = 50_000  # a pre-1.6 torch file's pickles; a full Xception state dict's have 11,162
+BACKBONE_PARAMS = 20_861_480  # Xception without its head (Keras include_top=False), BN statistics included
+BACKBONE_FEATURES = 2048  # width of the pooled features every head starts from
 
 
 # -- download into the torch.hub cache ------------------------------------------------------------
@@ -187,40 +195,126 @@ class Checkpoint:
 
 
 def read_checkpoint(path: str | Path) -> Checkpoint:
-    """Read a weights file of any supported format without executing anything in it."""
+    """Read a weights file of any supported format without executing anything in it.
+
+    What the file claims (sizes, shapes, compression) is checked before anything is read, against
+    one :class:`~xviz.budget.ByteBudget` for the whole load (see :mod:`xviz.budget`).
+
+    Raises:
+        WeightsError: for every problem with the file, in a sentence a user can act on.
+    """
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in WEIGHT_SUFFIXES:
         raise WeightsError(f"{path.name}: unsupported weights format {suffix or '(no extension)'}. "
                            f"Use one of {', '.join(WEIGHT_SUFFIXES)}.")
-    if suffix == ".keras":
-        km = keras_io.read_keras3(path)
-        sd, cfg = keras_io.keras_layers_to_state_dict(km)
-        return Checkpoint(sd, cfg, "keras3", km.input_size)
-    if suffix in (".h5", ".hdf5"):
-        km = keras_io.read_keras2_h5(path)
-        sd, cfg = keras_io.keras_layers_to_state_dict(km)
-        return Checkpoint(sd, cfg, "keras2", km.input_size)
-    meta: dict = {}
-    if suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file, safe_open
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-            raw = load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise WeightsError(f"{path.name} is not a valid safetensors file ({exc}).") from None
+    budget = ByteBudget(path.name)
+    try:
+        if suffix == ".keras":
+            km = keras_io.read_keras3(path, budget)
+            sd, cfg = keras_io.keras_layers_to_state_dict(km)
+            return Checkpoint(sd, cfg, "keras3", km.input_size)
+        if suffix in (".h5", ".hdf5"):
+            km = keras_io.read_keras2_h5(path, budget)
+            sd, cfg = keras_io.keras_layers_to_state_dict(km)
+            return Checkpoint(sd, cfg, "keras2", km.input_size)
+        if suffix == ".safetensors":
+            raw, meta = _read_safetensors(path, budget)
+        else:
+            raw, meta = _unwrap(_read_torch(path, budget), path)
+        return state_dict_to_checkpoint(raw, meta, path.name)
+    except XvizError:
+        raise
+    except (OSError, EOFError, KeyError, IndexError, TypeError, ValueError, AttributeError, RecursionError,
+            RuntimeError, struct.error, zipfile.BadZipFile):
+        # a file built to confuse a reader ends up here; the page gets a sentence, not a traceback
+        raise WeightsError(f"{path.name} is damaged or is not a {suffix} weights file xviz can read. "
+                           "Upload the file as your training code saved it.") from None
+
+
+def _read_safetensors(path: Path, budget: ByteBudget) -> tuple[dict, dict]:
+    """The header is read and charged first; safetensors itself then checks offsets against the file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+    with open(path, "rb") as f:
+        head = f.read(8)
+        header_len = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+        if not 0 < header_len <= MAX_METADATA_BYTES or 8 + header_len > path.stat().st_size:
+            raise WeightsError(f"{path.name} is not a valid safetensors file: its header length is wrong.")
+        header = loads_json(f.read(header_len), path.name, "safetensors header")
+    if not isinstance(header, dict) or len(header) > MAX_ENTRIES:
+        raise WeightsError(f"{path.name} is not a valid safetensors file: its header is not a list of tensors.")
+    total = 0
+    for key, entry in header.items():
+        if key != "__metadata__":
+            begin, end = entry["data_offsets"]  # a malformed entry raises, and the caller says "damaged"
+            total += int(end) - int(begin)
+    budget.charge(total, "its tensors")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        return load_file(str(path)), meta
+    except (SafetensorError, OSError, ValueError):
+        raise WeightsError(f"{path.name} is not a valid safetensors file: its header doesn't match its data.") from None
+
+
+def _read_torch(path: Path, budget: ByteBudget):
+    """``torch.load(weights_only=True)``, after the file's records are checked against the budget."""
+    with open(path, "rb") as f:
+        zipped = f.read(4) == b"PK\x03\x04"  # torch.load's own test for its zip format (torch >= 1.6)
+    if zipped:
+        with open_zip(path, path.name, "PyTorch") as zf:
+            for info in zf.infolist():
+                if info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size:
+                    # torch.save stores records as they are: a compressed one is there to inflate
+                    raise WeightsError(
+                        f"{path.name} is refused: its record {info.filename} is compressed (to inflate to "
+                        f"{mb(info.file_size)}), which torch.save never does. Upload the file torch.save "
+                        "wrote, or save the weights as .safetensors.")
+                if info.filename.endswith(".pkl") and info.file_size > MAX_PICKLE_BYTES:
+                    raise WeightsError(f"{path.name} is refused: its pickle is {mb(info.file_size)}; an Xception "
+                                       f"state dict's is about 50 KB (xviz accepts {mb(MAX_PICKLE_BYTES)}).")
+                budget.charge(info.file_size, f"record {info.filename}")
     else:
+        # torch < 1.6 files (the published ImageNet one among them): pickles, then raw storages
+        budget.charge(path.stat().st_size, "the file")
+        _check_legacy_pickles(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError):  # records or storages shorter than they claim
+        raise WeightsError(f"{path.name} is damaged: its tensors can't be read (a record or storage is missing "
+                           "or shorter than it claims). Upload the file torch.save wrote.") from None
+    except Exception as exc:  # UnpicklingError for pickles with code, others for garbage
+        raise WeightsError(
+            f"{path.name} can't be loaded safely: it is not a plain PyTorch state dict "
+            f"({type(exc).__name__}). xviz only loads tensors, never code; save your model with "
+            "torch.save(model.state_dict(), ...) or as .safetensors.") from None
+
+
+def _check_legacy_pickles(path: Path) -> None:
+    """A pre-1.6 torch file's five pickles (magic, protocol, system info, the object, storage keys)
+    must end within MAX_PICKLE_BYTES and MAX_PICKLE_OPS: a pickle can build Python objects 64x its
+    size, so a large one is a memory bomb even though nothing in it runs. The op cap keeps this
+    pure-Python scan short (a full Xception's pickles are 11,162 ops, 0.06 s; 50,000 take ~0.25 s).
+
+    Its storages need no check: torch reserves their declared sizes without touching them and
+    reads only what the file holds (measured: a file declaring 2 GiB over 16 bytes costs 2 MB).
+    """
+    ops = 0
+    with open(path, "rb") as f:
         try:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # UnpicklingError for pickles with code, others for garbage
-            raise WeightsError(
-                f"{path.name} can't be loaded safely: it is not a plain PyTorch state dict "
-                f"({type(exc).__name__}). xviz only loads tensors, never code; save your model with "
-                "torch.save(model.state_dict(), ...) or as .safetensors.") from None
-        raw, meta = _unwrap(raw, path)
-    return state_dict_to_checkpoint(raw, meta, path.name)
+            for _ in range(5):
+                for _ in pickletools.genops(f):
+                    ops += 1
+                    if ops > MAX_PICKLE_OPS or f.tell() > MAX_PICKLE_BYTES:
+                        raise WeightsError(f"{path.name} is refused: its pickle is far larger than an Xception "
+                                           "state dict's (about 50 KB, 11,000 entries).")
+        except WeightsError:
+            raise
+        except ValueError:
+            # malformed, or fewer pickles (a plain pickle): torch.load stops at the same place, within the
+            # limits just checked, and says what is wrong with it
+            pass
 
 
 def _unwrap(raw, path: Path) -> tuple[dict, dict]:
@@ -234,6 +328,11 @@ def _unwrap(raw, path: Path) -> tuple[dict, dict]:
             break
     if not isinstance(raw, dict) or not all(isinstance(v, torch.Tensor) for v in raw.values()):
         raise WeightsError(f"{path.name} holds no state dict of tensors.")
+    # a tensor can be a view far larger than its storage (stride 0): refuse before anything copies one
+    claimed = sum(v.numel() * v.element_size() for v in raw.values())
+    if claimed > MAX_LOAD_BYTES:
+        raise WeightsError(f"{path.name} is refused: its tensors claim {mb(claimed)}, more than any Xception "
+                           f"needs ({mb(MAX_LOAD_BYTES)} at most).")
     return raw, meta
 
 
@@ -267,13 +366,31 @@ def config_to_json(config: XceptionConfig) -> str:
 
 
 def config_from_json(text: str) -> XceptionConfig:
+    d = loads_json(text, "The weights file", "xviz_config metadata")
     try:
-        d = json.loads(text)
         head = tuple(HeadLayer(**h) for h in d.get("head", []))
         return XceptionConfig(num_classes=int(d["num_classes"]), head=head,
-                              pool_name=d.get("pool_name", "avg_pool"), bn_eps=float(d.get("bn_eps", 1e-3)))
-    except (ValueError, KeyError, TypeError) as exc:
-        raise WeightsError(f"The file's xviz_config metadata is malformed ({exc}).") from None
+                              pool_name=str(d.get("pool_name", "avg_pool")), bn_eps=float(d.get("bn_eps", 1e-3)))
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise WeightsError(f"The file's xviz_config metadata is malformed ({type(exc).__name__}: {exc}).") from None
+
+
+def check_head(config: XceptionConfig) -> None:
+    """Refuse a head that would take more memory than MAX_LOAD_BYTES allows, before it is allocated.
+
+    A config comes from the file (xviz_config metadata, Keras layer configs), and building the model
+    allocates and initialises every layer it names, whatever the file's arrays say.
+    """
+    width, params = BACKBONE_FEATURES, 0
+    for layer in config.head_layers():
+        if layer.kind == "dense":
+            if not isinstance(layer.out_features, int) or layer.out_features < 1:
+                raise WeightsError(f"Head layer {layer.name!r} has {layer.out_features!r} outputs.")
+            params += (width + 1) * layer.out_features
+            width = layer.out_features
+    if 4 * (BACKBONE_PARAMS + params) > MAX_LOAD_BYTES:
+        raise WeightsError(f"The file's head has {params:,} parameters: more than xviz accepts "
+                           f"({mb(MAX_LOAD_BYTES)} of weights in all). Is it really an Xception classifier?")
 
 
 # timm's legacy Xception: conv1/bn1/conv2/bn2 stem, block1..block12 (= Keras blocks 2..13) whose
@@ -358,6 +475,7 @@ def build(checkpoint: Checkpoint) -> Xception:
     Raises:
         WeightsError: naming missing keys, unexpected keys and shape mismatches.
     """
+    check_head(checkpoint.config)
     net = Xception(checkpoint.config)
     expected = net.state_dict()
     given = {k: v for k, v in checkpoint.state_dict.items() if not k.endswith("num_batches_tracked")}
