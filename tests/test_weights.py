@@ -16,8 +16,9 @@ import http.server
 import json
 import pickletools
 import re
-import shutil
+import socket
 import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -606,21 +607,57 @@ def test_a_state_dict_of_something_else_is_refused(tmp_path):
 # -- ImageNet download ----------------------------------------------------------------------------
 
 def test_imagenet_offline_fails_fast_with_the_fetch_hint(offline, monkeypatch):
-    timeouts = []
-    real_urlopen = W.urllib.request.urlopen
-
-    def spy(*args, **kwargs):
-        timeouts.append(kwargs.get("timeout"))
-        return real_urlopen(*args, **kwargs)
-
-    monkeypatch.setattr(W.urllib.request, "urlopen", spy)
+    monkeypatch.setattr(W, "DOWNLOAD_TIMEOUT_S", 60.0)  # so a wait for the stall timeout would show
+    start = time.monotonic()
+    calls = []
     with pytest.raises(WeightsUnavailableError) as info:
-        xviz.load_model("imagenet")
+        xviz.load_model("imagenet", progress=lambda done, total: calls.append(done))
+    assert time.monotonic() - start < 10  # the network error itself, not the 60 s watchdog
+    # no progress without data: the app's bar lives outside its cached loader, and Streamlit can't
+    # replay an element drawn there (CacheReplayClosureError on the next run)
+    assert calls == []
     message = str(info.value)
     assert "python -m xviz fetch imagenet" in message and "offline" in message
-    assert timeouts and all(t is not None and t <= 10 for t in timeouts)  # never blocks on a dead network
     checkpoints = offline / "hub" / "checkpoints"
     assert not checkpoints.exists() or list(checkpoints.iterdir()) == []
+
+
+class _SilentServer:
+    """Accepts connections on 127.0.0.1 and never answers: a network that died mid-request."""
+
+    def __init__(self):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/xception.pth"
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                self.conns.append(self.sock.accept()[0])
+            except OSError:  # closed
+                return
+
+    def close(self):
+        for conn in self.conns:
+            conn.close()
+        self.sock.close()
+
+
+def test_fetch_gives_up_on_a_silent_server_and_the_worker_cleans_up(hub):
+    """torch.hub.download_url_to_file has no timeout; xviz's watchdog stops waiting for it."""
+    server = _SilentServer()
+    spec = dataclasses.replace(W.IMAGENET, url=server.url, file_name="xception-silent.pth")
+    try:
+        with pytest.raises(WeightsUnavailableError, match=r"no data for 1 s.*python -m xviz fetch imagenet"):
+            W.fetch(spec, timeout=1.0)
+        job = W._DOWNLOADS[hub / spec.file_name]
+        assert job.thread.is_alive()  # still blocked in torch.hub
+    finally:
+        server.close()
+    job.thread.join(10)
+    assert not job.thread.is_alive() and isinstance(job.error, WeightsUnavailableError)
+    assert list(hub.iterdir()) == []  # torch's .partial and xviz's .download are gone
 
 
 class _Server:
@@ -651,9 +688,24 @@ class _Server:
         self.httpd.server_close()
 
 
+PUBLISHED_BYTES = 91_675_053  # xception-43020ad28.pth as timm publishes it
+
+
 @pytest.fixture(scope="module")
-def server(timm_file):
-    srv = _Server(timm_file.read_bytes())
+def published_layout(tmp_path_factory, timm_state_dict) -> Path:
+    """The ImageNet file's layout: timm's keys, saved in torch's pre-1.6 (non-zip) format. The file
+    dates from 2019 and its size says so: this layout comes to within 10 KB of it (a zip would be
+    45 KB larger than the published file)."""
+    path = tmp_path_factory.mktemp("published") / "xception-43020ad28.pth"
+    torch.save(timm_state_dict, path, _use_new_zipfile_serialization=False)
+    assert path.read_bytes()[:2] == b"\x80\x02"  # a pickle, not a zip
+    assert abs(path.stat().st_size - PUBLISHED_BYTES) < 10_000
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(published_layout):
+    srv = _Server(published_layout.read_bytes())
     yield srv
     srv.close()
 

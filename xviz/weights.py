@@ -6,16 +6,17 @@ through safetensors, Keras files through h5py (:mod:`xviz.keras_io`).
 
 from __future__ import annotations
 
-import hashlib
+import glob
 import importlib.util
 import json
 import os
 import pickletools
 import re
 import struct
-import tempfile
+import threading
+import time
 import urllib.error
-import urllib.request
+import uuid
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ from .model import HeadLayer, Xception, XceptionConfig
 from .preprocess import Preprocessing
 
 ProgressFn = Callable[[int, int], None]  # (bytes done, bytes total or 0 if unknown)
-DOWNLOAD_TIMEOUT_S = 10.0  # connect/read timeout: offline machines must fail fast, not hang
+DOWNLOAD_TIMEOUT_S = 10.0  # give up when a download receives nothing for this long: offline machines must not hang
 
 
 @dataclass(frozen=True)
@@ -99,8 +100,18 @@ def cached_path(spec: WeightsSpec) -> Path | None:
     return path if path.is_file() and path.stat().st_size == spec.num_bytes else None
 
 
-def fetch(spec: WeightsSpec, progress: ProgressFn | None = None, timeout: float = DOWNLOAD_TIMEOUT_S) -> Path:
-    """Download ``spec`` into the torch.hub cache once, checking size and sha256 prefix.
+def fetch(spec: WeightsSpec, progress: ProgressFn | None = None, timeout: float | None = None) -> Path:
+    """Download ``spec`` into the torch.hub cache once, with ``torch.hub.download_url_to_file`` (its
+    sha256-prefix check, and its progress bar on stderr when no ``progress`` callback is given),
+    then check the size.
+
+    ``download_url_to_file`` has no timeout: against a server that accepts the connection and never
+    answers it was still blocked after 20 s (measured, torch 2.13), so a dead network would freeze a
+    student's page. It therefore runs in a worker thread while this thread watches torch's
+    ``.partial`` file grow, reports progress from it (the callback runs in the caller's thread, as
+    Streamlit's progress bar needs) and gives up when nothing arrived for ``timeout`` seconds. A
+    worker left behind finishes (installing the file) or fails on its own; the next call waits for
+    it instead of starting another download.
 
     Raises:
         WeightsUnavailableError: the host is unreachable or the download is corrupt.
@@ -110,42 +121,87 @@ def fetch(spec: WeightsSpec, progress: ProgressFn | None = None, timeout: float 
         return cached
     target = hub_checkpoint_dir() / spec.file_name
     target.parent.mkdir(parents=True, exist_ok=True)
-    sha = hashlib.sha256()
-    done = 0
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=spec.file_name + ".", suffix=".partial")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                request = urllib.request.Request(spec.url, headers={"User-Agent": "xviz"})
-                with urllib.request.urlopen(request, timeout=timeout) as response:
-                    total = int(response.headers.get("Content-Length") or spec.num_bytes)
-                    while chunk := response.read(1 << 20):
-                        out.write(chunk)
-                        sha.update(chunk)
-                        done += len(chunk)
-                        if progress:
-                            progress(done, total)
-            except (urllib.error.URLError, OSError, ValueError) as exc:
-                reason = getattr(exc, "reason", exc)
+    with _DOWNLOADS_LOCK:
+        job = _DOWNLOADS.get(target)
+        if job is None or not job.thread.is_alive():
+            job = _DOWNLOADS[target] = _Download(spec, target, bar=progress is None)
+    job.wait(progress, DOWNLOAD_TIMEOUT_S if timeout is None else timeout)
+    return target
+
+
+_DOWNLOADS: dict[Path, "_Download"] = {}
+_DOWNLOADS_LOCK = threading.Lock()
+
+
+class _Download:
+    """One ``torch.hub.download_url_to_file`` in a daemon thread, into a name of our own, then
+    checked for size and moved into the cache atomically (a half-written file is never cached)."""
+
+    def __init__(self, spec: WeightsSpec, target: Path, bar: bool):
+        self.spec, self.target, self.error = spec, target, None
+        self.part = target.with_name(f"{target.name}.{uuid.uuid4().hex}.download")
+        self.thread = threading.Thread(target=self._run, args=(bar,), daemon=True, name=f"xviz-fetch-{spec.name}")
+        self.thread.start()
+
+    def _run(self, bar: bool) -> None:
+        spec = self.spec
+        try:
+            torch.hub.download_url_to_file(spec.url, str(self.part), hash_prefix=spec.hash_prefix or None,
+                                           progress=bar)
+            size = self.part.stat().st_size
+            if size != spec.num_bytes:
                 raise WeightsUnavailableError(
-                    f"Could not download the {spec.name} weights from {spec.url} ({reason}). "
-                    f"This machine seems to be offline. On a connected machine run "
-                    f"`python -m xviz fetch {spec.name}`, copy {target.name} here and install it with "
-                    f"`python -m xviz fetch {spec.name} --from {target.name}` (or put it in {target.parent}); "
-                    f"or load a weights file you have with xviz.load_model('path/to/file').") from None
-        if done != spec.num_bytes:
-            raise WeightsUnavailableError(
-                f"The download of {spec.file_name} is incomplete or wrong ({done:,} bytes, expected "
-                f"{spec.num_bytes:,}). Run `python -m xviz fetch {spec.name}` again.")
-        if spec.hash_prefix and not sha.hexdigest().startswith(spec.hash_prefix):
-            raise WeightsUnavailableError(
-                f"The download of {spec.file_name} has the wrong checksum (sha256 {sha.hexdigest()[:12]}…, "
-                f"expected {spec.hash_prefix}…). Run `python -m xviz fetch {spec.name}` again.")
-        os.replace(tmp_name, target)  # atomic: a half-written file is never seen as cached
-        return target
-    finally:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
+                    f"The download of {spec.file_name} is incomplete or wrong ({size:,} bytes, expected "
+                    f"{spec.num_bytes:,}). Run `python -m xviz fetch {spec.name}` again.")
+            os.replace(self.part, self.target)
+        except WeightsUnavailableError as exc:
+            self.error = exc
+        except RuntimeError as exc:  # torch.hub: 'invalid hash value (expected "...", got "...")'
+            got = re.search(r'got "([0-9a-f]+)"', str(exc))
+            self.error = WeightsUnavailableError(
+                f"The download of {spec.file_name} has the wrong checksum (sha256 "
+                f"{got[1][:12] if got else '?'}…, expected {spec.hash_prefix}…). Run `python -m xviz fetch "
+                f"{spec.name}` again.")
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            self.error = offline_error(spec, getattr(exc, "reason", exc))
+        finally:
+            if self.part.exists():
+                self.part.unlink()
+
+    def received(self) -> int:
+        """Bytes in torch's ``<dst>.<uuid>.partial`` file so far; -1 before it exists and after."""
+        for partial in self.target.parent.glob(f"{glob.escape(self.part.name)}.*.partial"):
+            try:
+                return partial.stat().st_size
+            except OSError:  # renamed or removed between glob and stat
+                pass
+        return -1
+
+    def wait(self, progress: ProgressFn | None, timeout: float) -> None:
+        last, changed = -1, time.monotonic()
+        while self.thread.is_alive():
+            self.thread.join(0.1)
+            done = self.received()
+            if done != last:
+                last, changed = done, time.monotonic()
+                if progress and done > 0:  # only once data arrives: an offline attempt reports nothing
+                    progress(done, self.spec.num_bytes)
+            elif time.monotonic() - changed > timeout:
+                raise offline_error(self.spec, f"no data for {timeout:.0f} s")
+        if self.error is not None:
+            raise self.error
+        if progress:
+            progress(self.spec.num_bytes, self.spec.num_bytes)
+
+
+def offline_error(spec: WeightsSpec, reason) -> WeightsUnavailableError:
+    target = hub_checkpoint_dir() / spec.file_name
+    return WeightsUnavailableError(
+        f"Could not download the {spec.name} weights from {spec.url} ({reason}). "
+        f"This machine seems to be offline. On a connected machine run "
+        f"`python -m xviz fetch {spec.name}`, copy {target.name} here and install it with "
+        f"`python -m xviz fetch {spec.name} --from {target.name}` (or put it in {target.parent}); "
+        f"or load a weights file you have with xviz.load_model('path/to/file').")
 
 
 def kitchenware_path() -> Path | None:
