@@ -316,6 +316,11 @@ def test_labels_from_text_and_json(tmp_path, three_class_file, file_name, text):
     ("labels.json", "[\"cat\", ", "malformed"),
     ("labels.json", json.dumps({"0": "cat", "5": "dog", "1": "x"}), "gaps"),
     ("labels.txt", "", "empty"),
+    ("labels.json", json.dumps([["cat"], "dog", "horse"]), "names should be"),
+    ("labels.json", json.dumps({"cat": "x", "dog": "y", "horse": "z"}), "names to indices"),
+    ("labels.txt", "cat\n" + "dog" * 100 + "\nhorse\n", "300 characters long"),
+    ("labels.txt", "cat\ndog\nhorse\n" + "#" * 2**20, "far smaller"),
+    ("labels.json", "[" * 10_000 + "]" * 10_000, "nested too deeply"),
 ])
 def test_bad_labels_are_a_labels_error(tmp_path, three_class_file, file_name, text, says):
     labels = tmp_path / file_name
