@@ -89,6 +89,10 @@ def sidebar_errors(at: AppTest) -> list[str]:
     return [e.value for e in at.sidebar.error]
 
 
+def weights_line(at: AppTest) -> str:
+    return next(m.value for m in at.sidebar.markdown if m.value.startswith("**Weights:**"))
+
+
 def files_under(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file())
 
@@ -180,7 +184,37 @@ def test_upload_name_is_never_a_path(app, tmp_path, monkeypatch, state_dict, hea
     assert loaded_from[0].parent.parent == tmp_path / "tmp", loaded_from
     assert files_under(tmp_path) == before, "the upload left files behind or wrote where its name points"
     assert not Path("/etc/xviz-evil.safetensors").exists()
-    weights_line = next(m.value for m in at.sidebar.markdown if m.value.startswith("**Weights:**"))
-    shown = weights_line.split("Your weights: ", 1)[1].split(" (", 1)[0]
+    shown = weights_line(at).split("Your weights: ", 1)[1].split(" (", 1)[0]
     # only the name's last component is shown, whichever separator the uploader's OS used
     assert shown == re.split(r"[\\/]", name)[-1] and not set(shown) & set("/\\"), shown
+
+
+def test_crafted_uploads_are_refused_and_the_previous_model_stays(app, state_dict, head_config):
+    """Issue 18 through the sidebar: a good upload, then each kind of crafted file (decompression
+    bombs, lying headers, links to server files, nested labels). Each shows its message in the
+    sidebar while the page keeps predicting with the good model; a fresh session notices nothing."""
+    from crafted_weights import corpus
+
+    good = safetensors_bytes(state_dict, metadata={"xviz_config": head_config})
+    at = upload_weights(app, "good.safetensors", good)
+    assert not at.exception and not sidebar_errors(at), sidebar_errors(at)
+    assert "Your weights: good.safetensors" in weights_line(at)
+    for case in corpus():
+        if case.labels:  # the good weights again, with crafted labels beside them
+            name, data = case.labels
+            uploader(at, uploads.LABELS).set_value((name, data, "application/json"))
+            at = upload_weights(at, "good.safetensors", good)
+        else:  # refused and let go: the uploader is emptied, the good model stays in use
+            at = upload_weights(at, case.filename, case.data)
+        assert not at.exception, (case.name, at.exception)
+        errors = sidebar_errors(at)
+        assert len(errors) == 1 and case.says in errors[0], (case.name, errors)
+        assert "The previous model is still in use." in errors[0], errors[0]
+        assert "Your weights: good.safetensors" in weights_line(at), case.name  # still the good model
+        assert any("sure this is" in m.value for m in at.markdown), case.name  # and it still predicts
+        if case.labels:
+            uploader(at, uploads.LABELS).set_value(None)
+            at.run()
+    other = start_app()  # another student's session, on the default model
+    assert not sidebar_errors(other), sidebar_errors(other)
+    assert any("sure this is" in m.value for m in other.markdown)

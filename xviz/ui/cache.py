@@ -75,18 +75,13 @@ def _read_uploaded(weights: tuple[str, bytes], labels: tuple[str, bytes] | None,
     if suffix not in W.WEIGHT_SUFFIXES:
         raise xviz.WeightsError(f"{suffix or 'This file type'} is not a weights format xviz reads. "
                                 f"Upload one of {', '.join(W.WEIGHT_SUFFIXES)}.")
+    parsed = None
+    if labels is not None:  # first: checking labels is cheap, writing and reading weights is not
+        labels_name, labels_data = labels
+        parsed = xviz.loaded.parse_labels(labels_data, labels_name.lower().endswith(".json"))
     with tempfile.TemporaryDirectory(prefix="xviz-upload-") as tmp:
         path = Path(tmp) / f"weights{suffix}"
         path.write_bytes(data)
-        parsed = None
-        if labels is not None:
-            labels_name, labels_data = labels
-            try:
-                text = labels_data.decode("utf-8")
-            except UnicodeDecodeError:
-                raise xviz.LabelsError("The labels file is not UTF-8 text. Save it as plain text, "
-                                       "one class name per line.") from None
-            parsed = xviz.loaded.parse_labels(text, labels_name.lower().endswith(".json"))
         return xviz.load_file(path, labels=parsed, display_name=display_name)
 
 

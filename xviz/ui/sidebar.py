@@ -175,6 +175,8 @@ def sidebar() -> None:
     if model is None:
         st.sidebar.error(st.session_state.get(MODEL_ERROR) or "Upload a weights file to use your own model.")
     else:
+        if st.session_state.get(MODEL_ERROR):  # an upload was refused; state.load_selected_model kept this one
+            st.sidebar.error(f"{st.session_state[MODEL_ERROR]} The previous model is still in use.")
         status(model, st.sidebar)
 
 

@@ -22,6 +22,7 @@ WEIGHTS_UPLOAD = "weights_upload"  # (name, bytes) of the user's own weights fil
 LABELS_UPLOAD = "labels_upload"  # (name, bytes) of the user's labels file
 MODEL_ERROR = "model_error"
 WEIGHTS_REFUSED = "weights_refused"  # why the last uploaded weights file was refused (and let go)
+LAST_MODEL = "last_model"  # the last model that loaded in this session: kept while an upload is refused
 INPUT_SIZE = "input_size"  # 0: the weights' own size
 FAST_MODE = "fast_mode"  # predictions in bf16/fp16 (the sidebar's switch; default $XVIZ_FAST)
 IMAGE_SOURCE = "image_source"
@@ -71,7 +72,9 @@ def load_selected_model() -> xviz.LoadedModel | None:
 
     try:
         with st.spinner("Loading the model…"):
-            return cache.builtin_model(source, _progress=progress)
+            model = cache.builtin_model(source, _progress=progress)
+        st.session_state[LAST_MODEL] = model
+        return model
     except XvizError as exc:
         st.session_state[MODEL_ERROR] = str(exc)
         return None
@@ -81,25 +84,30 @@ def load_selected_model() -> xviz.LoadedModel | None:
 
 def _uploaded_model() -> xviz.LoadedModel | None:
     """The model in the sidebar's weights uploader. A refused weights file is let go at once (the
-    uploader is emptied and the run starts over) and why it was refused stays on show."""
+    uploader is emptied and the run starts over) and why it was refused stays on show, while the
+    pages go on with the model the session had (a refused file, a mistake or crafted to hurt the
+    server, changes nothing else)."""
     upload = st.session_state.get(WEIGHTS_UPLOAD)
     if upload is None:
         if WEIGHTS_REFUSED in st.session_state:
             st.session_state[MODEL_ERROR] = st.session_state[WEIGHTS_REFUSED]
+            return st.session_state.get(LAST_MODEL)
         return None
     st.session_state.pop(WEIGHTS_REFUSED, None)
     labels = st.session_state.get(LABELS_UPLOAD)
     waiting = st.sidebar.empty()
     try:
         with st.spinner("Reading the weights file…"):
-            return cache.uploaded_model(cache.sha256(upload[1]), cache.sha256(labels[1]) if labels else "",
-                                        safe_display(upload[0]), upload, labels,
-                                        on_wait=lambda: waiting.info(uploads.WAITING_FOR_WEIGHTS))
+            model = cache.uploaded_model(cache.sha256(upload[1]), cache.sha256(labels[1]) if labels else "",
+                                         safe_display(upload[0]), upload, labels,
+                                         on_wait=lambda: waiting.info(uploads.WAITING_FOR_WEIGHTS))
+        st.session_state[LAST_MODEL] = model
+        return model
     except XvizError as exc:
         st.session_state[MODEL_ERROR] = str(exc)
         file = uploads.current(uploads.WEIGHTS)
         if isinstance(exc, xviz.LabelsError) or file is None:  # the labels' fault: the weights are fine
-            return None
+            return st.session_state.get(LAST_MODEL)
         st.session_state[WEIGHTS_REFUSED] = str(exc)
         st.session_state[WEIGHTS_UPLOAD] = None
         uploads.release(uploads.WEIGHTS, file)
