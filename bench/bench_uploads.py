@@ -86,17 +86,14 @@ def drop_at_once(server, browser, tabs: int = 4, size: int = 300 * MB) -> dict:
     with tempfile.TemporaryDirectory(prefix="xviz-drop-") as tmp:
         big = sparse_file(Path(tmp) / "holiday-video.mp4", size)
         try:
-            sidebar_ready = "[data-testid='stSidebar'] .st-key-image_source"  # pages needn't finish drawing
-            for i in range(tabs):
+            for _ in range(tabs):  # the students open the app together ...
                 context = browser.new_context(viewport={"width": 1400, "height": 1000})
                 contexts.append(context)
                 page = context.new_page()
                 page.set_default_timeout(TIMEOUT_MS)
                 apps.append(AppTab(page, server.url).start())
-                if i == 0:  # the teacher's tab loads the model; then the students open the app together
-                    apps[0].wait_ready(sidebar_ready)
-            for app in apps[1:]:
-                app.wait_ready(sidebar_ready)
+            for app in apps:  # ... ready once the sidebar is there: their pages needn't finish drawing
+                app.wait_ready("[data-testid='stSidebar'] .st-key-image_source")
             for app in apps:  # ... and all choose "Upload"
                 app.sidebar.locator(".st-key-image_source").get_by_text("Upload", exact=True).click()
             for app in apps:

@@ -45,10 +45,14 @@ ui.view_attribution(sel, target, method=method, layer=layer, compare=compare, op
 
 # -- trust ----------------------------------------------------------------------------------------
 st.subheader("Can this map be trusted?")
-st.markdown("Two checks. **Deletion**: grey out the patches the map calls important first; if the map is "
+st.markdown(("Three checks for Integrated Gradients, two for the others. " if method == "integrated_gradients"
+             else "Two checks. ")
+            + "**Deletion**: grey out the patches the map calls important first; if the map is "
             "faithful the class probability falls faster than when patches go in random order. "
             "**Randomisation** (Adebayo et al., 2018): scramble the network's weights from the top down; a "
-            "map that explains the model must change, a map that just traces edges will not.")
+            "map that explains the model must change, a map that just traces edges will not."
+            + (" **Completeness**: IG's colours must add up to the change in the class score."
+               if method == "integrated_gradients" else ""))
 trust_key = (model.key, sel.image_key, method, layer, target, tuple(sorted(options.items())))
 # a callback, not the button's return value: it survives a rerun between the click and the page
 st.button("Run the trust checks", key="gc_trust_run", on_click=st.session_state.__setitem__,

@@ -146,16 +146,6 @@ def test_hooks_removed_when_a_method_fails(model, x):
     assert_model_untouched(model)
 
 
-def test_integrated_gradients_completeness(model, x):
-    """IG's axiom: the attributions add up to f(x) - f(baseline) (Sundararajan et al., prop. 1).
-
-    At the default steps the Gauss-Legendre sum is within 2% here; 8 steps are 13% off."""
-    heat = A.integrated_gradients(model, x, 0)
-    with torch.no_grad():
-        gap = float(model.net(x)[0, 0] - model.net(torch.zeros_like(x))[0, 0])
-    assert abs(float(heat.sum()) - gap) < 0.05 * abs(gap)
-
-
 def test_occlusion_with_one_window_is_the_score_drop(model, x):
     heat = A.occlusion(model, x, 0, window=150, stride=150)
     with torch.no_grad():

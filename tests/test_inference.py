@@ -222,7 +222,7 @@ def test_no_deadlock_when_a_session_disconnects_mid_wait(queue, kitchenware, inp
 def test_cheap_requests_are_served_while_a_long_one_runs(queue, kitchenware, inputs):
     x = inputs[0]
     expected = [kitchenware.logits(xi) for xi in inputs[1:4]]  # now: the model's lock is busy later
-    reference = xviz.attributions.integrated_gradients(kitchenware, x, 0, steps=24, batch_size=2)
+    reference = xviz.attributions.integrated_gradients(kitchenware, x, 0, steps=24, batch_size=2).map
     ig = queue.submit(kitchenware, "attribution", x, target=0, method="integrated_gradients", steps=24,
                       batch_size=2)
     while ig.place().state != I.RUNNING:

@@ -50,3 +50,23 @@ def test_slow_method_runs_with_small_settings(page):
     assert not at.exception
     assert mentions(image_captions(at), "Occlusion", "**cup**")
     assert mentions(image_captions(at), "Red", "blue")  # a signed map says which colour is which
+
+
+def test_integrated_gradients_says_how_well_it_adds_up(page):
+    """The completeness figure stands next to the map, and a fixed small number of steps says plainly
+    that its colours do not add up."""
+    at = page
+    at.selectbox(key="gc_method").set_value("integrated_gradients").run()
+    at.toggle(key="gc_ig_auto").set_value(False).run()
+    at.slider(key="gc_steps").set_value(3).run()
+    assert not at.exception
+    assert mentions(image_captions(at), "Integrated Gradients", "**cup**")
+    warned = [w.value for w in at.warning if "**Adds up?**" in w.value]
+    assert warned and mentions(warned, "mid-grey", "3 steps", "more steps")
+    error = float(warned[0].split("agree within ")[1].split("%")[0])
+    assert error > 1.0  # three points can't follow the path: the page says how far off it is
+
+    at.radio(key="gc_ig_baseline").set_value("black").run()
+    at.slider(key="gc_steps").set_value(2).run()
+    assert not at.exception
+    assert mentions([w.value for w in at.warning] + [s.value for s in at.success], "**Adds up?**", "black", "2 steps")

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from xviz.ui.cache import attribution_deletion, attribution_map, attribution_randomisation, layer_table, top_classes
+from xviz.ui.cache import (attribution_deletion, attribution_map, attribution_randomisation, ig_result, layer_table,
+                            top_classes)
 from xviz.ui.presenter import colormap, presenter
 from xviz.ui.state import Selection
 
@@ -67,12 +68,40 @@ def view_attribution(sel: Selection, target: int, *, method: str = "gradcam", la
         note.markdown(f"**How to read it.** {spec.summary} The map has one value per input pixel "
                       f"({size}×{size}); the colours are scaled to its 99.5th percentile so a few extreme "
                       "pixels don't wash out the rest.")
+    if "integrated_gradients" in chosen:
+        opts = tuple(sorted(options.items())) if method == "integrated_gradients" else ()
+        fine, text = completeness_reading(ig_result(sel, target, opts))
+        (note.success if fine else note.warning)(text)
     if controls and not presenter():
         settings = {"method": "+".join(chosen), "layer": layer, "class": label, "view": view.split()[0],
                     "alpha": alpha, "cmap": cmap, "size": size, "image": sel.image_key[:8]}
         # encoded on click only (a callable), not on every rerun of the page
         note.download_button("Download this picture (PNG)", lambda: F.png_bytes(image, settings),
                              F.png_filename(settings), "image/png", key=f"{key}_png")
+
+
+BASELINE_NAMES = {"grey": "mid-grey", "black": "black", "blurred": "your photo, blurred"}
+
+
+def completeness_reading(result) -> tuple[bool, str]:
+    """(fine?, one paragraph): does the IG map add up to the score difference, in a student's words."""
+    base = BASELINE_NAMES.get(result.baseline, f"the constant {result.baseline}")
+    how = (f"{result.steps} steps along the path" if result.tolerance is None
+           else f"{result.steps} steps, refined until it added up within {result.tolerance:.0%}")
+    if result.completeness_error != result.completeness_error:
+        return False, (f"**Adds up?** The class score hardly changes between the {base} image and your photo "
+                       f"({result.score_difference:+.3g}), so there is nothing for the colours to add up to: "
+                       "try another reference image.")
+    text = (f"**Adds up?** The colours sum to {result.attribution_sum:.3f}; the score rises by "
+            f"{result.score_difference:.3f} from the {base} image to your photo"
+            + (f" (both averaged over {result.samples} noisy copies)" if result.samples else "")
+            + f": they agree within {result.completeness_error:.1%} ({how}).")
+    fine = result.completeness_error <= (result.tolerance or 0.01)
+    if not fine:
+        text += (" That is more than 1 %, so read fine differences between pixels with care"
+                 + (": more steps would make it add up." if result.tolerance is None else
+                    f": the path was refined as far as the time allowed ({result.steps} steps)."))
+    return fine, text
 
 
 SLOW_CASCADE = ("head", "block14", "block13", "block12", "block8", "block4", "block1")  # 7 maps, not 15
@@ -100,7 +129,14 @@ def attribution_options(method: str, size: int, *, key: str = "gc") -> dict:
     options = {}
     with st.expander("Settings of this slow method", expanded=False):
         if method == "integrated_gradients":
-            options["steps"] = st.slider("Steps from grey to the image", 4, 64, A.DEFAULT_IG_STEPS, key=f"{key}_steps")
+            options["baseline"] = st.radio(
+                "Start the path from", A.IG_BASELINES, horizontal=True, key=f"{key}_ig_baseline",
+                format_func=BASELINE_NAMES.__getitem__,
+                help="IG explains the score difference between this reference image and your photo.")
+            refine = st.toggle(f"Refine until the map adds up within {A.IG_TOLERANCE:.0%}", True, key=f"{key}_ig_auto",
+                               help="Off: a fixed number of steps, and the page shows how far off the sum is.")
+            if not refine:
+                options["steps"] = st.slider("Steps from the reference to the image", 2, 64, 16, key=f"{key}_steps")
             options["smooth_samples"] = st.slider("SmoothGrad noisy copies (0: off)", 0, 8, 0, key=f"{key}_ig_smooth")
         elif method == "occlusion":
             window, _ = A.occlusion_window(size)
@@ -116,7 +152,14 @@ def view_attribution_trust(sel: Selection, method: str, layer: str, target: int,
     from xviz.figures import attribution as F
 
     spec = A.METHODS[method]
-    left, right = st.columns(2)
+    if method == "integrated_gradients":  # IG has a check of its own: completeness
+        left, right, third = st.columns(3)
+        fine, text = completeness_reading(ig_result(sel, target, options))
+        third.markdown("**Completeness**: IG's colours must add up to how much the class score changes "
+                       "between the reference image and your photo (Sundararajan et al., 2017).")
+        (third.success if fine else third.warning)(text)
+    else:
+        left, right = st.columns(2)
     curve = attribution_deletion(sel, method, layer, target, options)
     left.plotly_chart(F.deletion_figure(curve, title="Deletion: most relevant patches first"), width="stretch")
     if curve.faithful:
