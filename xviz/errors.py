@@ -19,3 +19,7 @@ class WeightsUnavailableError(XvizError, RuntimeError):
 
 class LabelsError(XvizError, ValueError):
     """A labels file is unreadable or its number of classes doesn't match the model's head."""
+
+
+class TeachError(XvizError, ValueError):
+    """Samples that can't be taught: too few or too many classes or samples, a blank or repeated name."""

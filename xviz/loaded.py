@@ -46,6 +46,7 @@ class LoadedModel:
         fast: fast mode (:meth:`with_fast_mode`): predictions in ``precision`` (bf16 on a CPU with
             native bf16, fp16 on CUDA) instead of fp32. Off unless asked for; maps and attributions
             always run in fp32.
+        taught: for a head taught by :func:`xviz.teach`: base model, samples per class, accuracy.
     """
 
     net: Xception
@@ -60,6 +61,7 @@ class LoadedModel:
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     predictor: Predictor | None = field(default=None, repr=False, compare=False)
     fast: bool = False
+    taught: dict | None = None
 
     @property
     def input_size(self) -> int:
@@ -106,6 +108,10 @@ class LoadedModel:
         classifier head reads (F = 2048)."""
         with self.lock:
             return self.net.forward_head(self.net.forward_features(x.to(self.device)), pre_logits=True).float().cpu()
+
+    def embed(self, img: Image.Image) -> torch.Tensor:
+        """One image's 2,048-d embedding (float32, CPU): what a new head is taught on (xviz.teach)."""
+        return self.embedding(self.preprocess(img))[0]
 
     @property
     def has_head(self) -> bool:
@@ -206,6 +212,8 @@ def load_file(path: str | Path, labels: str | Path | list[str] | None = None,
     ckpt = W.read_checkpoint(path)
     num_classes = ckpt.config.num_classes
     if names is None:
+        names = ckpt.labels  # a file xviz saved carries its class names
+    if names is None:
         if num_classes == 1000:
             names = imagenet_labels()
         elif num_classes == 0:
@@ -215,16 +223,22 @@ def load_file(path: str | Path, labels: str | Path | list[str] | None = None,
     if len(names) != num_classes:
         raise LabelsError(f"The labels list has {len(names)} names but the model's head has "
                           f"{num_classes} outputs. Give one name per output, in class-index order.")
-    if ckpt.layout in ("keras2", "keras3"):
+    if ckpt.preprocessing is not None:
+        prep = ckpt.preprocessing
+    elif ckpt.layout in ("keras2", "keras3"):
         prep = KERAS_PREPROCESSING.with_size(ckpt.input_size or 299)
     else:
         prep = W.IMAGENET.preprocessing
     layout = {"xviz": "xviz state dict", "timm": "timm-layout state dict",
               "keras2": "Keras 2 HDF5", "keras3": "Keras 3 .keras"}[ckpt.layout]
-    label_note = "" if labels is not None or num_classes == 0 else (
+    label_note = "" if labels is not None or ckpt.labels is not None or num_classes == 0 else (
         ", ImageNet labels assumed" if num_classes == 1000 else ", no labels file: classes numbered")
+    if ckpt.taught is not None:
+        layout = "a head taught in xviz"
     source = f"Your weights: {display_name or path.name} ({layout}, {num_classes} classes{label_note})"
-    return _from_checkpoint(ckpt, prep, names, source, "file", dev, path)
+    model = _from_checkpoint(ckpt, prep, names, source, "file", dev, path)
+    model.taught = ckpt.taught
+    return model
 
 
 MAX_LABELS_BYTES = 2**20  # ImageNet-21k's 21,843 names take 0.5 MB; JSON becomes objects up to ~21x its size

@@ -6,6 +6,7 @@ through safetensors, Keras files through h5py (:mod:`xviz.keras_io`).
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import importlib.util
 import json
@@ -28,7 +29,7 @@ from . import keras_io
 from .budget import (MAX_ENTRIES, MAX_LOAD_BYTES, MAX_METADATA_BYTES, MAX_PICKLE_BYTES, ByteBudget, loads_json, mb,
                      open_zip)
 from .errors import WeightsError, WeightsUnavailableError, XvizError
-from .model import HeadLayer, Xception, XceptionConfig
+from .model import MIN_INPUT_SIZE, HeadLayer, Xception, XceptionConfig
 from .preprocess import Preprocessing
 
 ProgressFn = Callable[[int, int], None]  # (bytes done, bytes total or 0 if unknown)
@@ -248,6 +249,9 @@ class Checkpoint:
     layout: str  # "xviz", "timm", "keras2", "keras3"
     input_size: int | None = None  # when the file says it
     file_keys: dict[str, str] = field(default_factory=dict)  # our key -> the file's own key, where renamed
+    labels: list[str] | None = None  # class names, when the file carries them (xviz_labels metadata)
+    preprocessing: Preprocessing | None = None  # how its inputs were prepared (xviz_preprocessing)
+    taught: dict | None = None  # how xviz taught its head (xviz_taught), see xviz.teach
 
 
 def read_checkpoint(path: str | Path) -> Checkpoint:
@@ -278,7 +282,9 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
             raw, meta = _read_safetensors(path, budget)
         else:
             raw, meta = _unwrap(_read_torch(path, budget), path)
-        return state_dict_to_checkpoint(raw, meta, path.name)
+        ckpt = state_dict_to_checkpoint(raw, meta, path.name)
+        ckpt.labels, ckpt.preprocessing, ckpt.taught = _described(meta, path.name)
+        return ckpt
     except XvizError:
         raise
     except (OSError, EOFError, KeyError, IndexError, TypeError, ValueError, AttributeError, RecursionError,
@@ -414,6 +420,25 @@ def _infer_xviz_head(raw: dict[str, torch.Tensor], name: str) -> XceptionConfig:
                            "saying their activations; save it with xviz.save_weights().")
     return XceptionConfig(num_classes=raw[f"head.{denses[0]}.linear.weight"].shape[0],
                           head=(HeadLayer("dense", denses[0], raw[f"head.{denses[0]}.linear.weight"].shape[0]),))
+
+
+def _described(meta: dict, name: str) -> tuple[list[str] | None, Preprocessing | None, dict | None]:
+    """Labels, preprocessing and teaching record that :func:`save_weights` put in the metadata, so
+    a file it wrote reloads with the same predictions and names without a labels file."""
+    try:
+        labels = json.loads(meta["xviz_labels"]) if "xviz_labels" in meta else None
+        prep = Preprocessing(**json.loads(meta["xviz_preprocessing"])) if "xviz_preprocessing" in meta else None
+        taught = json.loads(meta["xviz_taught"]) if "xviz_taught" in meta else None
+    except (ValueError, TypeError) as exc:  # JSONDecodeError and Preprocessing's checks are ValueErrors
+        raise WeightsError(f"{name}: its xviz metadata is malformed ({exc}).") from None
+    if labels is not None and not (isinstance(labels, list) and all(isinstance(n, str) for n in labels)):
+        raise WeightsError(f"{name}: its xviz_labels metadata is not a list of names.")
+    if prep is not None and prep.size < MIN_INPUT_SIZE:
+        raise WeightsError(f"{name}: its xviz_preprocessing asks for {prep.size} px inputs; "
+                           f"Xception needs at least {MIN_INPUT_SIZE}.")
+    if taught is not None and not isinstance(taught, dict):
+        raise WeightsError(f"{name}: its xviz_taught metadata is not a JSON object.")
+    return labels, prep, taught
 
 
 def config_to_json(config: XceptionConfig) -> str:
@@ -559,8 +584,23 @@ def _first(items: list[str], n: int = 3) -> str:
     return ", ".join(items[:n]) + more
 
 
-def save_weights(net: Xception, path: str | Path) -> None:
-    """Save as .safetensors with the head config in the metadata, so any head reloads exactly."""
-    from safetensors.torch import save_file
+def save_weights(net: Xception, path: str | Path | None, *, labels: list[str] | None = None,
+                 preprocessing: Preprocessing | None = None, taught: dict | None = None) -> bytes | None:
+    """Save as .safetensors with the head config in the metadata, so any head reloads exactly.
+
+    ``labels``, ``preprocessing`` and ``taught`` go into the metadata too (``load_model`` reads them
+    back). With ``path=None`` the file's bytes are returned instead (a download in the app).
+    """
+    from safetensors.torch import save, save_file
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    save_file(state, str(path), metadata={"xviz_config": config_to_json(net.config)})
+    meta = {"xviz_config": config_to_json(net.config)}
+    if labels is not None:
+        meta["xviz_labels"] = json.dumps(list(labels))
+    if preprocessing is not None:
+        meta["xviz_preprocessing"] = json.dumps(dataclasses.asdict(preprocessing))
+    if taught is not None:
+        meta["xviz_taught"] = json.dumps(taught)
+    if path is None:
+        return save(state, metadata=meta)
+    save_file(state, str(path), metadata=meta)
+    return None
