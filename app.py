@@ -34,7 +34,10 @@ PAGES = {
         st.Page("pages/parameters.py", title="Parameters and compute", icon=":material/calculate:"),
         st.Page("pages/architectures.py", title="Across architectures", icon=":material/compare_arrows:"),
     ],
-    "Class": [st.Page("pages/tour.py", title="Guided tour", icon=":material/school:")],
+    "Class": [
+        st.Page("pages/tour.py", title="Guided tour", icon=":material/school:"),
+        st.Page("pages/teach.py", title="Teach it new classes", icon=":material/model_training:"),
+    ],
 }
 
 page = st.navigation(PAGES)

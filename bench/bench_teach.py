@@ -4,7 +4,7 @@ Budgets: embedding a sample <= 1.1x a forward of the same size (interleaved pair
 training the head <= 1 s for 10 classes x 30 samples on this machine's cores; <= 20 MB of session
 memory for 300 samples (stored JPEGs, thumbnails and their embeddings).
 
-The 300 samples are real: random crops of the demo package's photos and assets/examples, ten
+The 300 samples are real: random crops of the demo package's photos and xviz/data/examples, ten
 photos as ten "classes" of thirty crops each, embedded by the demo backbone at its 150 px.
 """
 
@@ -27,7 +27,7 @@ CLASSES, PER_CLASS = 10, 30
 
 
 def photos() -> list[Path]:
-    found = sorted((ROOT / "assets" / "examples").glob("*.jpg"))
+    found = sorted((ROOT / "xviz" / "data" / "examples").glob("*.jpg"))
     kdir = W.kitchenware_dir()
     if kdir is not None:
         found += sorted((kdir / "datasets" / "kitchenware-data" / "images").glob("*.jpg"))

@@ -4,6 +4,7 @@ import streamlit as st
 
 from xviz import attributions as A
 from xviz import ui
+from xviz.ui import teach
 
 ui.page_header("Where is the network looking?",
                "A heatmap over the photo shows which places raised the score of one class. Pick the "
@@ -39,6 +40,8 @@ if layer in shapes:
                "for any class; late layers are coarse but about this class. Slide and watch the trade-off.")
 
 options = ui.attribution_options(method, size, key="gc")
+if model.kind == "taught" and method == "gradcam" and layer == A.DEFAULT_LAYER:
+    teach.view_cam_identity(sel, target)
 
 # -- the maps -------------------------------------------------------------------------------------
 ui.view_attribution(sel, target, method=method, layer=layer, compare=compare, options=options)

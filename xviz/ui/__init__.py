@@ -11,6 +11,7 @@ The modules:
   process-wide store of attribution results.
 - ``presenter``: presenter mode for projectors (colour scales, larger type).
 - ``views/``: what the pages draw, by subject (predict, flows, separable, attribution).
+- ``teach``: the teaching page's samples (session memory only), embeddings and taught model.
 - ``legacy_pages``: the one workaround that touches a private Streamlit class.
 - ``waiting``: requests to the model go through the inference queue (:mod:`xviz.inference`); while
   one waits, the student sees their place in line.
@@ -28,8 +29,9 @@ import gc
 from xviz.ui.cache import (architecture, efficientnet_scaling, flow_capture, layer_summary, layer_table, ledger,
                            predictions, tour_facts, zoo_comparison, zoo_ledgers_csv)
 from xviz.ui.presenter import colormap, presenter
-from xviz.ui.sidebar import sidebar
-from xviz.ui.state import GOTO_BLOCK, TOUR_REVEALED, Selection, current, ensure_frame, page_header, required_model
+from xviz.ui.sidebar import camera_blocked, example_images, sidebar
+from xviz.ui.state import (GOTO_BLOCK, TOUR_REVEALED, Selection, current, ensure_frame, page_header, required_model,
+                           safe_display)
 from xviz.ui.views.attribution import (attribution_options, pick_attribution_target, view_attribution,
                                        view_attribution_trust)
 from xviz.ui.views.flows import view_channel_grid, view_layer_numbers, view_residual, view_size_strip

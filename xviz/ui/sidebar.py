@@ -127,7 +127,13 @@ def camera_blocked(url: str | None) -> str | None:
 
 def _model_sidebar():
     st.sidebar.subheader("Model")
-    st.sidebar.selectbox("Weights", list(MODEL_CHOICES), format_func=MODEL_CHOICES.get, key=MODEL_SOURCE)
+    choices = dict(MODEL_CHOICES)
+    taught = st.session_state.get(state.TAUGHT)
+    if taught is not None:  # taught on the "Teach it new classes" page, in this session only
+        choices["taught"] = "Taught: " + " / ".join(taught.labels)
+    if st.session_state.get(MODEL_SOURCE) not in choices:
+        st.session_state[MODEL_SOURCE] = "auto"
+    st.sidebar.selectbox("Weights", list(choices), format_func=choices.get, key=MODEL_SOURCE)
     if st.session_state.get(MODEL_SOURCE) == "upload":
         w = st.sidebar.file_uploader("Weights file", type=[s.lstrip(".") for s in W.WEIGHT_SUFFIXES],
                                      key=uploads.key(uploads.WEIGHTS), max_upload_size=uploads.WEIGHTS_MAX_MB,

@@ -31,6 +31,7 @@ PRESENTER = "presenter"  # classroom projector: larger type, projector-safe colo
 GOTO_BLOCK = "goto_block"  # set by the Architecture page: the block whose maps to open
 TOUR_REVEALED = "tour_revealed"  # slugs of the tour steps whose answer was revealed
 RUN_MODEL = "_run_model"  # the model resolved by this run's sidebar, so pages don't resolve it again
+TAUGHT = "taught_model"  # the LoadedModel taught in this session (the sidebar's "taught" choice)
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,8 @@ def load_selected_model() -> xviz.LoadedModel | None:
     """The model the sidebar asks for, loading it (with a progress bar when downloading)."""
     source = st.session_state.get(MODEL_SOURCE, "auto")
     st.session_state.pop(MODEL_ERROR, None)
+    if source == "taught":  # lives in this session only; it shares the backbone of a cached model
+        return st.session_state.get(TAUGHT)
     if source == "upload":
         return _uploaded_model()
     st.session_state.pop(WEIGHTS_REFUSED, None)
