@@ -10,7 +10,6 @@ the navigation in turn and waits until its run has finished before taking the pi
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 

@@ -31,7 +31,6 @@ Structure
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable
 
 import numpy as np
 import torch
@@ -168,14 +167,6 @@ def block_names(net: Xception) -> dict[str, list[str]]:
     return {flow: [name for name, _ in getattr(net, flow).named_children()] for flow in FLOWS}
 
 
-def _block_module(net: Xception, block: str) -> nn.Module:
-    for flow in FLOWS:
-        module = getattr(net, flow)
-        if hasattr(module, block):
-            return getattr(module, block)
-    raise KeyError(f"no block named {block!r}; blocks are block1 to block14")
-
-
 # -- shapes at an input size ------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -223,13 +214,6 @@ def layer_table(model, size: int | None = None) -> list[LayerInfo]:
     shapes, _ = _shape_pass(model, size)
     return [LayerInfo(e.name, e.flow, e.block, e.kind, *shapes[e.name], e.stride, e.stored)
             for e in view_plan(net)]
-
-
-def table_rows(table: Iterable[LayerInfo]) -> list[dict]:
-    """Plain dict rows (for a DataFrame) with the column names the pages show."""
-    return [{"layer": r.name, "flow": FLOW_TITLES[r.flow], "block": r.block, "kind": r.kind,
-             "channels": r.channels, "size": f"{r.height}×{r.width}", "stride": r.stride,
-             "kept": "stored" if r.stored else "derived"} for r in table]
 
 
 # -- the architecture summary -------------------------------------------------------------------

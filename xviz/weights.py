@@ -483,7 +483,6 @@ _TIMM_FIXED = {
     "conv3": "exit_flow.block14.sepconv1", "bn3": "exit_flow.block14.sepconv1_bn",
     "conv4": "exit_flow.block14.sepconv2", "bn4": "exit_flow.block14.sepconv2_bn",
 }
-_BN_SUFFIXES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
 
 def timm_to_xviz(raw: dict[str, torch.Tensor]) -> Checkpoint:
