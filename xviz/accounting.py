@@ -25,7 +25,7 @@ from torch import nn
 
 from .activations import io_shapes
 from .device import describe
-from .model import SeparableConv2d, Xception
+from .model import Xception
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -221,42 +221,26 @@ LEDGER_COLUMNS = ("layer", "keras_layer", "kind", "flow", "block", "kernel", "st
                   "params", "bn_statistics", "macs")
 
 
-def _module_names(net: Xception) -> dict[str, tuple[str, str]]:
-    """Module path -> (row name, Keras layer name) for every Conv2d, Linear and BatchNorm2d."""
-    by_path = {net.module_path(name): name for name in net.layer_names()}
+_LEDGER_KINDS = {"conv": "regular conv", "depthwise": "depthwise", "pointwise": "pointwise",
+                 "shortcut": "residual 1×1", "bn": "BN", "shortcut_bn": "BN", "dense": "fc"}
+
+
+def _module_names(net: Xception) -> dict[str, tuple[str, str, str]]:
+    """Module path -> (row name, Keras layer name, kind) for every Conv2d, Linear and BatchNorm2d,
+    read off the network's units (:meth:`xviz.model.Xception.units`)."""
     rows = {}
-    for path, module in net.named_modules():
-        if not isinstance(module, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)):
+    for u in net.units():
+        if u.kind not in _LEDGER_KINDS:
             continue
-        parent, _, leaf = path.rpartition(".")
-        if path in by_path:
-            name = by_path[path]
-            keras = by_path.get(parent, name) if leaf == "depthwise" else name
-        elif leaf == "pointwise" and parent in by_path:
-            # Keras' SeparableConv2D is one layer; its 1x1 half gets a name of its own here
-            keras = by_path[parent]
-            name = f"{keras}_pointwise"
-        elif leaf == "linear" and parent in by_path:
-            name = keras = by_path[parent]
+        if u.kind == "pointwise":  # Keras' SeparableConv2D is one layer; its 1x1 half gets a name of its own
+            rows[f"{u.path}.pointwise"] = (f"{u.name}_pointwise", u.name, "pointwise")
+        elif u.kind == "depthwise":  # ... and its depthwise half is booked under the Keras layer
+            rows[u.path] = (u.name, u.name.removesuffix("_depthwise"), "depthwise")
+        elif u.kind == "dense":
+            rows[f"{u.path}.linear"] = (u.name, u.name, "fc")
         else:
-            raise ValueError(f"module {path!r} has no Keras name; the ledger only knows xviz.Xception")
-        rows[path] = (name, keras)
+            rows[u.path] = (u.name, u.name, _LEDGER_KINDS[u.kind])
     return rows
-
-
-def _kind(net: Xception, path: str, module: nn.Module) -> str:
-    if isinstance(module, nn.BatchNorm2d):
-        return "BN"
-    if isinstance(module, nn.Linear):
-        return "fc"
-    parent = net.get_submodule(path.rpartition(".")[0])
-    if module.groups > 1 and module.groups == module.in_channels:
-        return "depthwise"
-    if isinstance(parent, SeparableConv2d):
-        return "pointwise"
-    if path.endswith(".residual"):
-        return "residual 1×1"
-    return "regular conv"
 
 
 def ledger(model, input_size: int | None = None) -> "pd.DataFrame":
@@ -287,14 +271,14 @@ def ledger(model, input_size: int | None = None) -> "pd.DataFrame":
     rows = []
     for path in shapes:  # dicts keep insertion order: the order the forward visited the modules
         module = modules[path]
-        name, keras = names[path]
+        name, keras, kind = names[path]
         (in_shape, out_shape) = shapes[path]
         parts = path.split(".")
         flow, block = (parts[0], parts[1]) if parts[0] != "head" else ("exit_flow", "head")
         (kernel, _), stride, groups, cin, cout, ih, iw, oh, ow, params, stats, macs = _layer_cost(module, in_shape,
                                                                                                  out_shape)
         shape = f"{cout} × {oh} × {ow}" if len(out_shape) == 3 else f"{cout}"
-        rows.append((name, keras, _kind(net, path, module), flow, block, kernel, stride, groups,
+        rows.append((name, keras, kind, flow, block, kernel, stride, groups,
                      cin, cout, ih, iw, oh, ow, shape, params, stats, macs))
     return pd.DataFrame(rows, columns=list(LEDGER_COLUMNS))
 
@@ -451,7 +435,7 @@ def network_ledger(net: nn.Module, input_size: int) -> "pd.DataFrame":
     import pandas as pd
 
     _positive(input_size=input_size)
-    keras = {path: name for path, (name, _) in _module_names(net).items()} if isinstance(net, Xception) else {}
+    keras = {path: name for path, (name, *_) in _module_names(net).items()} if isinstance(net, Xception) else {}
     modules = {path: m for path, m in net.named_modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.Linear))}
     shapes = io_shapes(net, modules, input_size)
     rows = []

@@ -35,7 +35,7 @@ from PIL import Image
 
 from .activations import locked
 from .errors import WeightsError
-from .model import ExitTail, Xception
+from .model import Xception
 
 DEFAULT_LAYER = "block14_sepconv2_act"  # the Keras Grad-CAM example's layer: last conv output
 DEFAULT_BATCH = 4  # images per internal forward/backward of the slow methods: bounds peak memory
@@ -131,19 +131,19 @@ def _check_layer(net: Xception, layer: str) -> torch.nn.Module:
 def block_outputs(net: Xception) -> list[tuple[str, str]]:
     """(flow, Keras name of the block's output) for every block, entry flow to exit flow.
 
-    These are the layers a Grad-CAM scrubber walks through: the stem's last ReLU, each residual
-    block's sum, and block 14's two activations.
+    These are the layers a Grad-CAM scrubber walks through: each residual block's sum and, in the
+    blocks without one (the stem, block 14), each ReLU that hands its map to a separable conv or
+    to the head: the stem's last ReLU and block 14's two activations.
     """
-    out = [("entry_flow", "block1_conv2_act")]
-    for flow in ("entry_flow", "middle_flow", "exit_flow"):
-        for block_name, block in getattr(net, flow).named_children():
-            if block_name == "block1":
-                continue
-            if isinstance(block, ExitTail):
-                out += [(flow, f"{block_name}_sepconv1_act"), (flow, f"{block_name}_sepconv2_act")]
-            else:
-                out.append((flow, f"{block_name}_add"))
-    return out
+    units = net.units()
+    residual = {u.block for u in units if u.kind == "add"}
+    readers: dict[str, list] = {}
+    for u in units:
+        for i in u.inputs:
+            readers.setdefault(i, []).append(u)
+    return [(u.flow, u.name) for u in units if u.kind == "add" or (
+        u.kind == "relu" and u.block not in residual
+        and any(r.kind == "depthwise" or r.flow == "head" for r in readers.get(u.name, [])))]
 
 
 # -- Grad-CAM -------------------------------------------------------------------------------------
@@ -750,18 +750,14 @@ def deletion_curve(m, x, heat: torch.Tensor, target: int | str | None = None, *,
 
 def cascade_stages(net: Xception) -> list[str]:
     """The randomisation cascade, head first: "head", "block14", "block13", ..., "block1"."""
-    blocks = [name for flow in ("entry_flow", "middle_flow", "exit_flow")
-              for name, _ in getattr(net, flow).named_children()]
-    return ["head"] + blocks[::-1]
+    return list(net.block_paths())[::-1]
 
 
 def _stage_module(net: Xception, stage: str) -> torch.nn.Module:
-    if stage == "head":
-        return net.head
-    for flow in ("entry_flow", "middle_flow", "exit_flow"):
-        if hasattr(getattr(net, flow), stage):
-            return getattr(getattr(net, flow), stage)
-    raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(cascade_stages(net))}")
+    path = net.block_paths().get(stage)
+    if path is None:
+        raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(cascade_stages(net))}")
+    return net.get_submodule(path)
 
 
 def _reinitialise(module: torch.nn.Module) -> None:

@@ -22,7 +22,7 @@ The capture plan
     tolerance that follows from float16 rounding; pass ``dtype=np.float32`` for exact numbers.
 
 Structure
-    :func:`view_plan` walks the network's modules (stem, residual blocks, exit tail) and lists, in
+    :func:`view_plan` reads the network's units (:meth:`xviz.model.Xception.units`) and lists, in
     forward order, each shown layer with its flow, block and kind; :func:`layer_table` adds the
     shapes at a given input size by a shape-only forward pass; :func:`architecture` sums up each
     block (input/output shape, parameters, residual type).
@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from .activations import capture, io_shapes
-from .model import FLOWS, Block, ExitTail, SeparableConv2d, Stem, Xception
+from .model import FLOWS, SeparableConv2d, Xception
 
 STORE_DTYPE = np.float16  # display precision of the cached maps (see the module docstring)
 
@@ -89,50 +89,31 @@ class SeparableInfo:
     bn: str  # the BatchNorm after it ("block5_sepconv1_bn")
 
 
-def _stride(module: nn.Module) -> int:
-    s = module.stride
-    return int(s[0] if isinstance(s, tuple) else s)
+# a unit kind (xviz.model.UNIT_KINDS) -> how the views show it; the stem's convs and BNs and the
+# shortcut's 1x1 conv are not shown (its BN is, as "residual")
+_SHOWN = {"relu": "relu", "depthwise": "depthwise", "pointwise": "pointwise", "bn": "batchnorm",
+          "maxpool": "maxpool", "shortcut_bn": "residual", "add": "add"}
 
 
 def view_plan(net: Xception) -> list[PlanEntry]:
-    """The layers the views show, in forward order, read off the network's own modules."""
-    entries: list[PlanEntry] = []
-    stride = 1
-    previous = ""  # name of the last block's output: what the next block reads
-    for flow in FLOWS:
-        for block_name, block in getattr(net, flow).named_children():
-            def add(attr, kind, source="", derive="", _flow=flow, _block=block_name):
-                entries.append(PlanEntry(f"{_block}_{attr}", _flow, _block, kind, stride, source, derive))
+    """The layers the views show, in forward order, read off the network's units.
 
-            if isinstance(block, Stem):
-                stride *= _stride(block.conv1) * _stride(block.conv2)
-                add("conv1_act", "relu")
-                add("conv2_act", "relu")
-                previous = f"{block_name}_conv2_act"
-            elif isinstance(block, (Block, ExitTail)):
-                units = block.num_units if isinstance(block, Block) else 2
-                feed = previous
-                for k in range(1, units + 1):
-                    unit = f"{block_name}_sepconv{k}"
-                    if isinstance(block, Block) and hasattr(block, f"sepconv{k}_act"):
-                        add(f"sepconv{k}_act", "relu", feed, "relu")
-                    add(f"sepconv{k}_depthwise", "depthwise")
-                    add(f"sepconv{k}", "pointwise")
-                    add(f"sepconv{k}_bn", "batchnorm", unit, "bn")
-                    feed = f"{unit}_bn"
-                    if isinstance(block, ExitTail):
-                        add(f"sepconv{k}_act", "relu", feed, "relu")
-                        feed = f"{unit}_act"
-                if isinstance(block, Block):
-                    if hasattr(block, "pool"):
-                        stride *= _stride(block.pool)
-                        add("pool", "maxpool")
-                        add("residual_bn", "residual")
-                    add("add", "add")
-                    feed = f"{block_name}_add"
-                previous = feed
-            else:
-                raise TypeError(f"unexpected module {type(block).__name__} in {flow}.{block_name}")
+    A separable conv's BatchNorm is derived from its pointwise output; a ReLU is derived from its
+    input when that is shown too (the stem's ReLUs follow BNs that are not, so they are stored).
+    """
+    kinds = {u.name: u.kind for u in net.units()}
+    entries: list[PlanEntry] = []
+    shown: set[str] = set()
+    for u in net.units():
+        if u.flow == "head" or u.kind not in _SHOWN or (u.kind == "bn" and kinds[u.inputs[0]] != "pointwise"):
+            continue
+        source, derive = "", ""
+        if u.kind == "bn":
+            source, derive = u.inputs[0], "bn"
+        elif u.kind == "relu" and u.inputs[0] in shown:
+            source, derive = u.inputs[0], "relu"
+        entries.append(PlanEntry(u.name, u.flow, u.block, _SHOWN[u.kind], u.stride, source, derive))
+        shown.add(u.name)
     return entries
 
 
@@ -143,28 +124,19 @@ def stored_names(net: Xception) -> list[str]:
 
 def separable_convs(net: Xception) -> list[SeparableInfo]:
     """The 34 separable convolutions in forward order, each with the layer it reads."""
-    out = []
-    previous = ""
-    for flow in FLOWS:
-        for block_name, block in getattr(net, flow).named_children():
-            if isinstance(block, Stem):
-                previous = f"{block_name}_conv2_act"
-                continue
-            units = block.num_units if isinstance(block, Block) else 2
-            feed = previous
-            for k in range(1, units + 1):
-                unit = f"{block_name}_sepconv{k}"
-                if isinstance(block, Block) and hasattr(block, f"sepconv{k}_act"):
-                    feed = f"{unit}_act"
-                out.append(SeparableInfo(unit, flow, block_name, feed, f"{unit}_depthwise", f"{unit}_bn"))
-                feed = f"{unit}_act" if isinstance(block, ExitTail) else f"{unit}_bn"
-            previous = f"{block_name}_add" if isinstance(block, Block) else feed
-    return out
+    units = {u.name: u for u in net.units()}
+    bn_of = {u.inputs[0]: u.name for u in units.values() if u.kind == "bn"}
+    return [SeparableInfo(u.name, u.flow, u.block, units[u.inputs[0]].inputs[0], u.inputs[0], bn_of[u.name])
+            for u in units.values() if u.kind == "pointwise"]
 
 
 def block_names(net: Xception) -> dict[str, list[str]]:
     """{flow: [block names in order]}, e.g. ``{"entry_flow": ["block1", ..., "block4"], ...}``."""
-    return {flow: [name for name, _ in getattr(net, flow).named_children()] for flow in FLOWS}
+    out: dict[str, list[str]] = {flow: [] for flow in FLOWS}
+    for block, path in net.block_paths().items():
+        if block != "head":
+            out[path.partition(".")[0]].append(block)
+    return out
 
 
 # -- shapes at an input size ------------------------------------------------------------------
@@ -196,8 +168,7 @@ def _shape_pass(model, size: int) -> tuple[dict[str, tuple[int, ...]], dict[str,
     """One forward on a blank image recording only shapes: {layer: (C, H, W)}, {block: (in, out)}."""
     net = getattr(model, "net", model)
     layers = {name: net.layer(name) for name in net.layer_names()}
-    blocks = {block_name: block for flow in FLOWS for block_name, block in getattr(net, flow).named_children()}
-    blocks["head"] = net.head
+    blocks = {name: net.get_submodule(path) for name, path in net.block_paths().items()}  # with "head"
     shapes = io_shapes(model, {**layers, **blocks}, size)  # layer and block names never collide
     return ({name: shapes[name][1] for name in layers if name in shapes},
             {name: shapes[name] for name in blocks if name in shapes})
@@ -245,22 +216,29 @@ def _shape_text(shape: tuple[int, ...]) -> str:
     return "×".join(str(s) for s in shape)
 
 
-def _describe(block: nn.Module) -> tuple[str, str]:
-    if isinstance(block, Stem):
-        return "none", (f"3×3 conv /2 → {block.conv1.out_channels}, BN, ReLU; "
-                        f"3×3 conv → {block.conv2.out_channels}, BN, ReLU")
-    if isinstance(block, ExitTail):
-        widths = [block.sepconv1.pointwise.out_channels, block.sepconv2.pointwise.out_channels]
-        return "none", " ; ".join(f"sepconv → {w}, BN, ReLU" for w in widths)
-    widths = [getattr(block, f"sepconv{k}").pointwise.out_channels for k in range(1, block.num_units + 1)]
-    first_relu = hasattr(block, "sepconv1_act")
-    units = [("" if k == 1 and not first_relu else "ReLU, ") + f"sepconv → {w}, BN"
-             for k, w in enumerate(widths, start=1)]
-    if hasattr(block, "pool"):
-        r = block.residual
-        return (f"{r.kernel_size[0]}×{r.kernel_size[1]} conv /{_stride(r)} + BN",
-                " ; ".join(units) + " ; 3×3 max-pool /2")
-    return "identity", " ; ".join(units)
+def _describe(net: Xception, units: list) -> tuple[str, str]:
+    """(residual type, what the block does) of one block, read off its units in forward order."""
+    shortcut = next((u for u in units if u.kind == "shortcut"), None)
+    if shortcut is not None:
+        r = net.get_submodule(shortcut.path)
+        residual = f"{r.kernel_size[0]}×{r.kernel_size[1]} conv /{r.stride[0]} + BN"
+    else:
+        residual = "identity" if any(u.kind == "add" for u in units) else "none"
+    steps: dict[str, list[str]] = {}  # Keras groups a conv with its BN and ReLU by name: blockN_sepconvK[_bn|_act]
+    for u in units:
+        module = net.get_submodule(u.path)
+        if u.kind == "conv":
+            stride = f" /{module.stride[0]}" if module.stride[0] > 1 else ""
+            text = f"{module.kernel_size[0]}×{module.kernel_size[1]} conv{stride} → {module.out_channels}"
+        elif u.kind == "pointwise":
+            text = f"sepconv → {module.pointwise.out_channels}"
+        elif u.kind == "maxpool":
+            text = f"{module.kernel_size}×{module.kernel_size} max-pool /{module.stride}"
+        else:
+            text = {"bn": "BN", "relu": "ReLU"}.get(u.kind)
+        if text is not None:
+            steps.setdefault(u.name.removesuffix("_bn").removesuffix("_act"), []).append(text)
+    return residual, " ; ".join(", ".join(step) for step in steps.values())
 
 
 def architecture(model, size: int | None = None) -> list[BlockSummary]:
@@ -273,15 +251,15 @@ def architecture(model, size: int | None = None) -> list[BlockSummary]:
     net: Xception = getattr(model, "net", model)
     _, io = _shape_pass(model, size)
     rows = []
-    for flow in FLOWS:
-        for block_name, block in getattr(net, flow).named_children():
-            residual, text = _describe(block)
-            rows.append(BlockSummary(flow, block_name, *io[block_name],
-                                     sum(p.numel() for p in block.parameters()), residual, text))
-    head_layers = [name for name, _ in net.head.named_children()]
-    rows.append(BlockSummary("head", "head", *io["head"], sum(p.numel() for p in net.head.parameters()),
-                             "none", "global average pooling, then " + (", ".join(head_layers[1:]) or
-                                                                          "no classifier (features only)")))
+    for block, path in net.block_paths().items():
+        module = net.get_submodule(path)
+        params = sum(p.numel() for p in module.parameters())
+        units = [u for u in net.units() if u.block == block]
+        if block == "head":
+            rows.append(BlockSummary("head", "head", *io["head"], params, "none", "global average pooling, then "
+                                     + (", ".join(u.name for u in units[1:]) or "no classifier (features only)")))
+        else:
+            rows.append(BlockSummary(units[0].flow, block, *io[block], params, *_describe(net, units)))
     return rows
 
 

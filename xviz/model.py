@@ -57,6 +57,41 @@ class XceptionConfig:
         return (HeadLayer("dense", "predictions", self.num_classes),)
 
 
+@dataclass(frozen=True)
+class Unit:
+    """One layer of the network, named as Keras names it: the one description of the structure.
+
+    :meth:`Xception.units` lists them once, in forward order; the Keras-name map, the capture plan
+    and the separable-conv list (xviz.flows), the attribution stages, the parameter ledger and the
+    architecture summary all read this list instead of walking the modules.
+    """
+
+    name: str  # Keras name ("block5_sepconv1_depthwise")
+    kind: str  # a key of UNIT_KINDS
+    flow: str  # "entry_flow", "middle_flow", "exit_flow" or "head"
+    block: str  # "block1" ... "block14", or "head"
+    path: str  # dotted module path ("middle_flow.block5.sepconv1.depthwise")
+    inputs: tuple[str, ...]  # the units whose outputs it reads; ("",) for the input image
+    stride: int  # total downsampling from the input image to this unit's output
+
+
+UNIT_KINDS = {
+    "conv": "regular convolution",
+    "bn": "batch normalisation",
+    "relu": "ReLU",
+    "depthwise": "depthwise half of a separable convolution",
+    "pointwise": "pointwise half of a separable convolution (its output is the Keras layer's)",
+    "maxpool": "3x3 max-pool, stride 2",
+    "shortcut": "1x1 convolution on the residual shortcut",
+    "shortcut_bn": "batch normalisation on the residual shortcut",
+    "add": "residual sum",
+    "avgpool": "global average pooling",
+    "dense": "fully connected layer",
+    "dropout": "dropout (inactive in eval mode)",
+}
+IN = ""  # in a block's unit specs: the block's input (the previous block's output)
+
+
 # Widths of the separable convs per block (paper, Figure 5) and whether the block downsamples.
 ENTRY_BLOCKS = {2: (128, 128), 3: (256, 256), 4: (728, 728)}
 MIDDLE_BLOCKS = tuple(range(5, 13))  # eight identical residual blocks of three 728-channel sepconvs
@@ -136,6 +171,12 @@ class Stem(nn.Module):
         x = self.conv1_act(self.conv1_bn(self.conv1(x)))
         return self.conv2_act(self.conv2_bn(self.conv2(x)))
 
+    def unit_specs(self) -> list[tuple[str, str, tuple[str, ...], int]]:
+        """(attribute, kind, inputs, stride) in forward order; see :meth:`Xception.units`."""
+        return [("conv1", "conv", (IN,), self.conv1.stride[0]), ("conv1_bn", "bn", ("conv1",), 1),
+                ("conv1_act", "relu", ("conv1_bn",), 1), ("conv2", "conv", ("conv1_act",), self.conv2.stride[0]),
+                ("conv2_bn", "bn", ("conv2",), 1), ("conv2_act", "relu", ("conv2_bn",), 1)]
+
 
 class Block(nn.Module):
     """A residual block of the entry, middle or exit flow (Keras blocks 2 to 13).
@@ -174,6 +215,24 @@ class Block(nn.Module):
             return self.add(self.pool(y), self.residual_bn(self.residual(x)))
         return self.add(y, x)
 
+    def unit_specs(self) -> list[tuple[str, str, tuple[str, ...], int]]:
+        """(attribute, kind, inputs, stride) in forward order; see :meth:`Xception.units`."""
+        specs, y = [], IN
+        for k in range(1, self.num_units + 1):
+            if hasattr(self, f"sepconv{k}_act"):
+                specs.append((f"sepconv{k}_act", "relu", (y,), 1))
+                y = f"sepconv{k}_act"
+            specs += [(f"sepconv{k}_depthwise", "depthwise", (y,), 1),
+                      (f"sepconv{k}", "pointwise", (f"sepconv{k}_depthwise",), 1),
+                      (f"sepconv{k}_bn", "bn", (f"sepconv{k}",), 1)]
+            y = f"sepconv{k}_bn"
+        if hasattr(self, "pool"):
+            return specs + [("pool", "maxpool", (y,), self.pool.stride),
+                            ("residual", "shortcut", (IN,), self.residual.stride[0]),
+                            ("residual_bn", "shortcut_bn", ("residual",), 1),
+                            ("add", "add", ("pool", "residual_bn"), 1)]
+        return specs + [("add", "add", (y, IN), 1)]
+
 
 class ExitTail(nn.Module):
     """Keras block14: SeparableConv2d -> BN -> ReLU, twice, widening to 2048 channels."""
@@ -190,6 +249,17 @@ class ExitTail(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.sepconv1_act(self.sepconv1_bn(self.sepconv1(x)))
         return self.sepconv2_act(self.sepconv2_bn(self.sepconv2(x)))
+
+    def unit_specs(self) -> list[tuple[str, str, tuple[str, ...], int]]:
+        """(attribute, kind, inputs, stride) in forward order; see :meth:`Xception.units`."""
+        specs, y = [], IN
+        for k in (1, 2):
+            specs += [(f"sepconv{k}_depthwise", "depthwise", (y,), 1),
+                      (f"sepconv{k}", "pointwise", (f"sepconv{k}_depthwise",), 1),
+                      (f"sepconv{k}_bn", "bn", (f"sepconv{k}",), 1),
+                      (f"sepconv{k}_act", "relu", (f"sepconv{k}_bn",), 1)]
+            y = f"sepconv{k}_act"
+        return specs
 
 
 class Dense(nn.Module):
@@ -271,13 +341,20 @@ class Xception(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 
-    # -- Keras names ---------------------------------------------------------------------------
+    # -- the structure as data, and Keras names ---------------------------------------------------
+
+    def units(self) -> list[Unit]:
+        """Every layer as a :class:`Unit`, in forward order (built once: the structure is fixed
+        after ``__init__``, and a hooked capture looks up ~90 names)."""
+        units = self.__dict__.get("_units")
+        if units is None:
+            units = self.__dict__["_units"] = _build_units(self)
+        return units
 
     def _names(self) -> dict[str, str]:
-        # built once: the structure is fixed after __init__, and a hooked capture looks up ~90 names
         names = self.__dict__.get("_keras_name_map")
         if names is None:
-            names = self.__dict__["_keras_name_map"] = _keras_names(self)
+            names = self.__dict__["_keras_name_map"] = {u.name: u.path for u in self.units()}
         return names
 
     def layer_names(self) -> list[str]:
@@ -286,10 +363,7 @@ class Xception(nn.Module):
 
     def layer(self, name: str) -> nn.Module:
         """The module whose output is the Keras layer ``name`` (e.g. ``block14_sepconv2_act``)."""
-        path = self._names().get(name)
-        if path is None:
-            raise KeyError(f"no layer named {name!r}; see Xception.layer_names()")
-        return self.get_submodule(path)
+        return self.get_submodule(self.module_path(name))
 
     def module_path(self, name: str) -> str:
         """Dotted module path of a Keras layer name (``block5_sepconv1`` -> ``middle_flow.block5.sepconv1``)."""
@@ -298,39 +372,30 @@ class Xception(nn.Module):
             raise KeyError(f"no layer named {name!r}; see Xception.layer_names()")
         return path
 
-
-def _unit_order(block: nn.Module) -> list[str]:
-    """Attribute names of a block in the order its forward pass visits them."""
-    if isinstance(block, Stem):
-        return ["conv1", "conv1_bn", "conv1_act", "conv2", "conv2_bn", "conv2_act"]
-    if isinstance(block, ExitTail):
-        order = []
-        for k in (1, 2):
-            order += [f"sepconv{k}_depthwise", f"sepconv{k}", f"sepconv{k}_bn", f"sepconv{k}_act"]
-        return order
-    order = []
-    for k in range(1, block.num_units + 1):
-        if hasattr(block, f"sepconv{k}_act"):
-            order.append(f"sepconv{k}_act")
-        order += [f"sepconv{k}_depthwise", f"sepconv{k}", f"sepconv{k}_bn"]
-    if hasattr(block, "pool"):
-        order += ["pool", "residual", "residual_bn"]
-    return order + ["add"]
+    def block_paths(self) -> dict[str, str]:
+        """{block: module path} in forward order: ``{"block1": "entry_flow.block1", ..., "head": "head"}``."""
+        return {u.block: "head" if u.flow == "head" else f"{u.flow}.{u.block}" for u in self.units()}
 
 
-def _keras_names(net: Xception) -> dict[str, str]:
-    """Keras name -> module path, built from the structure so the two can never disagree."""
-    names: dict[str, str] = {}
+def _build_units(net: Xception) -> list[Unit]:
+    """The units of every block (each block lists its own, :meth:`Block.unit_specs`), then the head."""
+    units: list[Unit] = []
+    last, stride = IN, 1  # the previous block's output, and its total stride
     for flow in FLOWS:
         for block_name, block in getattr(net, flow).named_children():
-            for attr in _unit_order(block):
-                path = f"{flow}.{block_name}.{attr}"
-                if attr.endswith("_depthwise"):
-                    path = f"{flow}.{block_name}.{attr[:-len('_depthwise')]}.depthwise"
-                names[f"{block_name}_{attr}"] = path
-    for name, _ in net.head.named_children():
-        names[name] = f"head.{name}"
-    return names
+            strides = {IN: stride}
+            for attr, kind, inputs, own_stride in block.unit_specs():
+                # a separable conv's depthwise half is a submodule: blockN_sepconvK_depthwise -> sepconvK.depthwise
+                module = attr[:-len("_depthwise")] + ".depthwise" if kind == "depthwise" else attr
+                strides[attr] = strides[inputs[0]] * own_stride
+                units.append(Unit(f"{block_name}_{attr}", kind, flow, block_name, f"{flow}.{block_name}.{module}",
+                                  tuple(f"{block_name}_{i}" if i else last for i in inputs), strides[attr]))
+            last, stride = units[-1].name, strides[attr]
+    layers = [(net.config.pool_name, "avgpool")] + [(h.name, h.kind) for h in net.config.head_layers()]
+    for name, kind in layers:
+        units.append(Unit(name, kind, "head", "head", f"head.{name}", (last,), stride))
+        last = name
+    return units
 
 
 def count_parameters(net: nn.Module) -> int:
