@@ -6,6 +6,7 @@ These tests use a randomly initialised network: they check structure, not what t
 
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
@@ -203,6 +204,55 @@ def test_layer_names_are_in_forward_order(net):
         for h in handles:
             h.remove()
     assert fired == net.layer_names()
+
+
+def test_units_are_the_layer_names_with_what_feeds_each(net):
+    """Every unit's inputs are exactly the tensors its module receives in a real forward pass."""
+    units = net.units()
+    assert [u.name for u in units] == net.layer_names() and units is net.units()  # built once
+    assert [u.name for u in units if u.kind == "pointwise"] == [
+        f"block{b}_sepconv{k}" for b, n in [(2, 2), (3, 2), (4, 2), *((i, 3) for i in range(5, 13)), (13, 2), (14, 2)]
+        for k in range(1, n + 1)]  # the 34 separable convs
+    outputs: dict[str, torch.Tensor] = {}
+    received: dict[str, tuple] = {}
+    handles = []
+    for u in units:
+        handles.append(net.get_submodule(u.path).register_forward_hook(
+            lambda m, i, o, n=u.name: outputs.__setitem__(n, o)))
+        # a pointwise unit's module is the whole separable conv: what feeds it is its 1x1 half's input
+        reader = f"{u.path}.pointwise" if u.kind == "pointwise" else u.path
+        handles.append(net.get_submodule(reader).register_forward_hook(
+            lambda m, i, o, n=u.name: received.__setitem__(n, i)))
+    x = torch.randn(1, 3, 80, 80)
+    try:
+        with torch.no_grad():
+            net(x)
+    finally:
+        for h in handles:
+            h.remove()
+    outputs[""] = x
+    for u in units:
+        assert len(received[u.name]) == len(u.inputs), u
+        assert all(got is outputs[name] for got, name in zip(received[u.name], u.inputs)), u
+
+
+def test_unit_strides_and_flows(net):
+    spatial = [u for u in net.units() if u.flow != "head"]
+    sides: dict[str, int] = {}
+    handles = [net.get_submodule(u.path).register_forward_hook(
+        lambda m, i, o, n=u.name: sides.__setitem__(n, o.shape[-1])) for u in spatial]
+    try:
+        with torch.no_grad():
+            net(torch.randn(1, 3, 299, 299))
+    finally:
+        for h in handles:
+            h.remove()
+    for u in spatial:
+        assert u.stride == 2 ** round(math.log2(299 / sides[u.name])), u  # 149 px -> 2, ..., 10 px -> 32
+    assert {u.block: u.flow for u in net.units()} == {
+        **{f"block{i}": "entry_flow" for i in range(1, 5)}, **{f"block{i}": "middle_flow" for i in range(5, 13)},
+        "block13": "exit_flow", "block14": "exit_flow", "head": "head"}
+    assert list(net.block_paths())[:2] == ["block1", "block2"] and net.block_paths()["head"] == "head"
 
 
 # -- shapes ---------------------------------------------------------------------------------------
