@@ -37,7 +37,7 @@ def _choose(app, key: str, option: str, where) -> None:
 def _input_size(app, size: str) -> None:
     slider = app.sidebar.locator(".st-key-input_size").get_by_role("slider")
     slider.focus()
-    for _ in range(4):  # native, 150, 224, 299, 384
+    for _ in range(4):  # native, 150, 224, 299, 384 px
         if slider.get_attribute("aria-valuetext") == size:
             return
         slider.press("ArrowRight")
@@ -46,10 +46,12 @@ def _input_size(app, size: str) -> None:
 
 def test_a_waiting_student_sees_their_place_until_served(open_tab):
     b, a = open_tab(), open_tab()
-    # B picks another photo now, so nothing B asks for later is already computed for A
+    # Sizes no other test uses: the server (and its results) is shared by the whole e2e run, so at
+    # the default size B's Grad-CAM may already be computed and never wait. The same network, so the
+    # same worker. A at 299 px: its occlusion takes ~150 forwards of ~0.1 s, long enough for B to
+    # arrive behind it even on a fast quiet machine.
     b.act(lambda: _choose(b, "example", "cat", b.sidebar))
-    # A at 299 px (the same network, so the same worker as B at 150 px): its occlusion then takes
-    # ~150 forwards of ~0.1 s, long enough for B to arrive behind it even on a fast quiet machine
+    b.act(lambda: _input_size(b, "224 px"))
     a.act(lambda: _input_size(a, "299 px"))
     a.go_to(GRADCAM)
     _choose(a, "gc_method", "Occlusion", a.main)  # not waited for: it runs while B arrives
