@@ -97,6 +97,16 @@ def test_taught_model_everywhere(taught_app, kitchenware_images):
     assert any("Samples are described" in c.value and "kitchenware" in c.value for c in at.caption)
 
 
+def test_the_same_photo_twice_is_one_sample_and_says_so(taught_app, kitchenware_images):
+    by_id = {p.stem: p for p in kitchenware_images}
+    at = taught_app
+    at.selectbox(key="teach_target").set_value("cup").run()
+    at = upload(at, [("again.jpg", jpeg_crops(by_id[CUPS[0]])[0], "image/jpeg")])
+    assert not at.exception, at.exception
+    assert len(at.session_state["teach_classes"]["cup"]) == 9
+    assert any("again.jpg is already a sample of 'cup'" in w.value for w in at.warning)
+
+
 def test_refusals_are_sentences(taught_app):
     at = add_class(taught_app, "CUP")
     assert any("already a class called" in e.value for e in at.error)

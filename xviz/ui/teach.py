@@ -88,15 +88,19 @@ def add_images(name: str, files: list[tuple[str, bytes]]) -> None:
         except xviz.ImageError as exc:
             notices.append(f"{shown_name}: {exc}")
             continue
-        if all(s.key != sample.key for s in kept):
-            kept.append(sample)
+        if any(s.key == sample.key for s in kept):  # the same file again, or a shot of the very same frame
+            notices.append(f"{shown_name} is already a sample of '{name}': it was not added twice.")
+            continue
+        kept.append(sample)
 
 
 def take(name: str, uploader: str, files: list) -> None:
     """Keep the camera's shot or the uploaded files as samples of ``name``, then drop them from the
     server's upload store and show the widget empty (a 12 MP photo is kept as a ~40 KB sample, not
     as its 4 MB upload, and the camera is ready for the next click)."""
-    add_images(name, [(state.safe_display(f.name), f.getvalue()) for f in files])
+    # a shot's file name is a timestamp the student never saw
+    add_images(name, [("This camera shot" if uploader == CAMERA else state.safe_display(f.name), f.getvalue())
+                      for f in files])
     for f in files:
         uploads.release(uploader, f)
 
