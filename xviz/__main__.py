@@ -7,6 +7,7 @@
     xviz fetch all
     xviz fetch imagenet --from xception-43020ad28.pth   # a file copied from elsewhere
     xviz status                     # what `load_model("auto")` would find
+    xviz serve --models kitchenware imagenet --port 8000   # the inference service on Ray Serve
 
 `python -m xviz …` is the same command.
 """
@@ -107,6 +108,35 @@ def run_app(streamlit_args: list[str]) -> int:
     return streamlit_cli.main(["run", str(app_script()), *streamlit_args], prog_name="xviz app")
 
 
+def serve(args) -> int:
+    """The inference service (:mod:`xviz.serving`) on Ray Serve, in the foreground until Ctrl-C:
+    ``serve run`` with xviz's application, started on this machine's Ray (or joining the cluster at
+    ``--ray-address``). ``--no-ray`` serves the same app from one uvicorn process instead (no replicas,
+    no batching): for a machine without Ray."""
+    from . import serving
+
+    if args.no_ray:
+        import uvicorn
+
+        app = serving.asgi_app(serving.InferenceService(args.models), engine="xviz inference service (uvicorn)")
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+        return 0
+    try:
+        import ray
+        from ray import serve as ray_serve
+    except ImportError:
+        raise XvizError("The inference service runs on Ray Serve: pip install -r requirements-serve.txt "
+                        "(or pip install 'xviz[serve]'); or start it without Ray: xviz serve --no-ray.") from None
+    ray.init(address=args.ray_address, include_dashboard=False)
+    ray_serve.start(http_options={"host": args.host, "port": args.port})
+    app = serving.deployment(args.models, replicas=args.replicas, max_replicas=args.max_replicas,
+                             num_cpus=args.num_cpus, num_gpus=args.num_gpus, max_batch=args.max_batch)
+    print(f"xviz inference on Ray Serve at http://{args.host}:{args.port} ({', '.join(args.models)}); "
+          f"point the app at it: XVIZ_INFERENCE=http://{args.host}:{args.port} streamlit run app.py", flush=True)
+    ray_serve.run(app, name="xviz", route_prefix="/", blocking=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="xviz", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -120,6 +150,23 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("what", choices=["imagenet", "kitchenware", "all"])
     f.add_argument("--from", dest="from_file", help="install a copy of the ImageNet .pth instead of downloading")
     sub.add_parser("status", help="show which weights are available")
+    s = sub.add_parser("serve", help="start the inference service on Ray Serve (the app uses it with XVIZ_INFERENCE)",
+                       description="The inference service on Ray Serve, in the foreground until Ctrl-C: "
+                                   "predictions, embeddings and attribution maps for apps started with "
+                                   "XVIZ_INFERENCE=http://HOST:PORT. Starts Ray on this machine unless "
+                                   "--ray-address joins a cluster; --no-ray serves the same app from one "
+                                   "uvicorn process (no replicas, no batching).")
+    s.add_argument("--models", nargs="+", default=["kitchenware"],
+                   help="sources to serve, as for xviz.load_model: kitchenware, imagenet, untrained, auto, or a file")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--replicas", type=int, default=1, help="Serve replicas, each with its own copy of the models")
+    s.add_argument("--max-replicas", type=int, default=None, help="autoscale from --replicas up to this many")
+    s.add_argument("--num-cpus", type=float, default=None, help="CPUs per replica (default 1)")
+    s.add_argument("--num-gpus", type=float, default=0, help="GPUs per replica; a fraction shares one (0.25)")
+    s.add_argument("--max-batch", type=int, default=8, help="predictions per forward (serve.batch)")
+    s.add_argument("--ray-address", default=None, help="join a running Ray cluster (e.g. auto) instead of starting one")
+    s.add_argument("--no-ray", action="store_true", help="serve from one uvicorn process, without Ray")
     args, rest = parser.parse_known_args(argv)
     if args.command == "app":
         try:
@@ -132,6 +179,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "status":
         status()
         return 0
+    if args.command == "serve":
+        try:
+            return serve(args)
+        except (XvizError, KeyboardInterrupt) as exc:
+            if isinstance(exc, XvizError):
+                print(exc, file=sys.stderr)
+                return 1
+            return 0
     failed = False
     for what in (["imagenet", "kitchenware"] if args.what == "all" else [args.what]):
         try:

@@ -134,8 +134,9 @@ class Ticket:
 class Backend(abc.ABC):
     """Runs xviz's model requests; the pages and notebooks only talk to this interface.
 
-    Implementations: :class:`InferenceQueue` (this process, one worker per model). A remote model
-    server implements the same methods, resolving each :class:`Ticket`'s future when its answer
+    Implementations: :class:`InferenceQueue` (this process, one worker per model) and
+    :class:`xviz.remote.RemoteBackend` (an inference service, :mod:`xviz.serving`), resolving each
+    :class:`Ticket`'s future when its answer
     arrives; ``model`` then identifies the weights by ``model.key`` and ``model.input_size``.
     """
 
@@ -182,6 +183,14 @@ class Backend(abc.ABC):
 
     def close(self) -> None:
         """Stop serving; unfinished tickets are cancelled."""
+
+    def location(self, model=None) -> str:
+        """Where ``model``'s requests are computed, in words, for the status line."""
+        return "in this process"
+
+    def problem(self) -> str | None:
+        """Why inference does not run where it was configured to, or None (a sentence for the app)."""
+        return None
 
 
 # -- what a request can ask for -----------------------------------------------------------------
@@ -733,11 +742,20 @@ _default_lock = threading.Lock()
 
 
 def backend() -> Backend:
-    """The process-wide backend the app uses (an :class:`InferenceQueue` unless :func:`set_backend`)."""
+    """The process-wide backend the app uses: an :class:`InferenceQueue`, or with ``$XVIZ_INFERENCE``
+    set to a service's address an :class:`xviz.remote.RemoteBackend` (unless :func:`set_backend`)."""
     global _default
     with _default_lock:
         if _default is None:
-            _default = InferenceQueue()
+            import os
+
+            address = os.environ.get("XVIZ_INFERENCE", "").strip()
+            if address:
+                from .remote import RemoteBackend
+
+                _default = RemoteBackend(address)
+            else:
+                _default = InferenceQueue()
         return _default
 
 

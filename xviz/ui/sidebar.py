@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import streamlit as st
 
 import xviz
+from xviz import inference
 from xviz import weights as W
 from xviz.device import FAST_ENV
 from xviz.images import check_size
@@ -187,13 +188,19 @@ def sidebar() -> None:
 
 
 def status(model: xviz.LoadedModel, where=st) -> None:
-    """Weights and where they came from, device, input size and preprocessing — always visible; and
-    fast mode whenever it is on."""
+    """Weights and where they came from, device, input size and preprocessing, where inference runs
+    (this process or an inference service, and why not the service when it fails) — always visible;
+    and fast mode whenever it is on."""
     if not model.trained:
         where.error("**Untrained network** — random weights. Nothing it shows means anything.")
     where.markdown(f"**Weights:** {model.source}")
     where.caption(f"**Device:** {model.device_name} · **Input:** {model.input_size}×{model.input_size} px · "
                   f"**Preprocessing:** {model.preprocessing.describe()}")
+    runner = inference.backend()
+    where.caption(f"**Inference:** {runner.location(model)}")
+    problem = runner.problem()
+    if problem:
+        where.warning(problem)
     if model.fast:
         where.warning(f"**Fast mode on:** predictions are computed in {model.precision}, not fp32; probabilities "
                       "can differ by about 1%. Feature maps and attributions stay fp32.")
