@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import xviz
+from pointing import noise_canvas, paste, peak_in_box, plain_canvas, random_paste
 from xviz import attributions as A
 
 # captum announces its ReLU hooks on every guided backprop; the tests check they are gone afterwards
@@ -228,17 +229,17 @@ def test_spearman_handles_ties():
 
 
 def test_paste_places_the_photo_where_it_says(photos):
-    canvas = A.plain_canvas(300)
-    img, box = A.paste(canvas, photos[0], 120, 10, 20)
+    canvas = plain_canvas(300)
+    img, box = paste(canvas, photos[0], 120, 10, 20)
     assert box == (10, 20, 100, 140)  # a 750x1000 portrait photo -> 90x120
     arr = np.asarray(img)
     assert (arr[:20] == 236).all() and (arr[:, 100:] == 236).all() and not (arr[20:140, 10:100] == 236).all()
     assert (np.asarray(canvas) == 236).all()  # the canvas given is not changed
     with pytest.raises(ValueError, match="does not fit"):
-        A.paste(canvas, photos[0], 120, 250, 0)
+        paste(canvas, photos[0], 120, 250, 0)
     rng = np.random.default_rng(0)
     for _ in range(20):
-        _, (left, top, right, bottom) = A.random_paste(canvas, photos[1], rng, feather=0.1)
+        _, (left, top, right, bottom) = random_paste(canvas, photos[1], rng, feather=0.1)
         assert 100 <= max(right - left, bottom - top) <= 150
         assert 0 <= left < right <= 300 and 0 <= top < bottom <= 300
 
@@ -252,8 +253,8 @@ def pointing_rate(model, photos, canvas, trials, seed, feather=0.12):
     hits = 0
     for _ in range(trials):
         obj = photos[int(rng.integers(len(photos)))]
-        img, box = A.random_paste(canvas(rng), obj, rng, feather=feather)
-        hits += A.peak_in_box(xviz.gradcam(model, model.preprocess(img)), box)
+        img, box = random_paste(canvas(rng), obj, rng, feather=feather)
+        hits += peak_in_box(xviz.gradcam(model, model.preprocess(img)), box)
     return hits / trials
 
 
@@ -264,8 +265,8 @@ def test_pointing_game_on_plain_and_noise_canvases(model, photos):
     the model mistakes the composite for something else, e.g. the seam for a knife blade.
     """
     big = model.with_input_size(POINTING_SIZE)
-    plain = pointing_rate(big, photos, lambda rng: A.plain_canvas(POINTING_SIZE), POINTING_TRIALS, seed=0)
-    noise = pointing_rate(big, photos, lambda rng: A.noise_canvas(POINTING_SIZE, rng), POINTING_TRIALS, seed=1)
+    plain = pointing_rate(big, photos, lambda rng: plain_canvas(POINTING_SIZE), POINTING_TRIALS, seed=0)
+    noise = pointing_rate(big, photos, lambda rng: noise_canvas(POINTING_SIZE, rng), POINTING_TRIALS, seed=1)
     # on clutter (another kitchenware photo behind) the model often names the background's object:
     # a teaching point about the model, reported without a pass mark
     def clutter(rng):
