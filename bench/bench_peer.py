@@ -73,6 +73,7 @@ def xviz_worker(threads: int | None) -> None:
     for line in sys.stdin:
         cmd = json.loads(line)
         if cmd["cmd"] == "load":
+            xviz.device.configure(torch.device("cpu"))  # the app's settings (load_model leaves them alone)
             m = xviz.load_model("kitchenware", device="cpu").with_input_size(cmd["size"])
             if threads:
                 torch.set_num_threads(threads)

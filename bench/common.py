@@ -63,4 +63,5 @@ def row(name: str, value: float, unit: str, budget: float | None = None, holds: 
 
 def bench_model(size: int = 299) -> xviz.LoadedModel:
     """The trained model available here (kitchenware backbone = the Keras ImageNet backbone) at ``size``."""
+    xviz.device.configure(torch.device("cpu"))  # the app's torch settings (load_model leaves them alone)
     return xviz.load_model("kitchenware", device="cpu").with_input_size(size)

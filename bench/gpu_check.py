@@ -66,6 +66,7 @@ def main(argv=None) -> int:
 
     report("device", xviz.device.describe(xviz.device.pick_device()), xviz.device.pick_device().type == "cuda")
     source = args.weights or "kitchenware"
+    xviz.device.configure(torch.device("cuda"))  # the app's settings: TF32 off unless XVIZ_ALLOW_TF32=1
     cpu = xviz.load_model(source, labels=args.labels, device="cpu")
     gpu = xviz.load_model(source, labels=args.labels, device="cuda")
     report("model", gpu.source, str(next(gpu.net.parameters()).device).startswith("cuda"))

@@ -113,11 +113,12 @@ def serve(args) -> int:
     ``serve run`` with xviz's application, started on this machine's Ray (or joining the cluster at
     ``--ray-address``). ``--no-ray`` serves the same app from one uvicorn process instead (no replicas,
     no batching): for a machine without Ray."""
-    from . import serving
+    from . import device, serving
 
     if args.no_ray:
         import uvicorn
 
+        device.configure()  # this process serves: the app's torch settings (load_model leaves them alone)
         app = serving.asgi_app(serving.InferenceService(args.models), engine="xviz inference service (uvicorn)")
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
         return 0

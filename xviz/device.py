@@ -62,6 +62,14 @@ def configure_precision(device: torch.device) -> None:
         torch.backends.cuda.matmul.allow_tf32 = False
 
 
+def configure(device: torch.device | None = None) -> None:
+    """Torch's process-wide settings, set once at start by the app (app.py) and the benches, and by
+    you in a notebook if you want the app's numbers: :func:`configure_threads` and, for ``device``
+    (default :func:`pick_device`), :func:`configure_precision`. ``load_model`` changes neither."""
+    configure_threads()
+    configure_precision(device or pick_device())
+
+
 def memory_format(device: torch.device) -> torch.memory_format:
     """The layout Xception runs fastest in on ``device``, measured at batch 1, fp32, 299 px.
 

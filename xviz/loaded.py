@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from . import weights as W
-from .device import FAST_ENV, configure_precision, configure_threads, describe, memory_format, pick_device
+from .device import FAST_ENV, describe, memory_format, pick_device
 from .errors import LabelsError, WeightsError, WeightsUnavailableError, XvizError
 from .fused import Predictor
 from .model import Xception, XceptionConfig
@@ -179,8 +179,6 @@ def load_model(source: str | Path = "auto", labels: str | Path | list[str] | Non
         WeightsError, WeightsUnavailableError, LabelsError.
     """
     dev = pick_device(device)
-    if dev.type == "cpu":
-        configure_threads()
     source = str(source)
     if source == "auto":
         return _load_auto(dev, progress)
@@ -334,7 +332,6 @@ def _from_checkpoint(ckpt: W.Checkpoint, prep: Preprocessing, labels: list[str],
 
 
 def _finish(net: Xception, labels, prep, source, kind, key, device, trained=True) -> LoadedModel:
-    configure_precision(device)
     net = net.eval().requires_grad_(False)
     net = net.to(device=device, memory_format=memory_format(device))
     model = LoadedModel(net, labels, prep, source, kind, key, device, trained, predictor=Predictor(net, device))

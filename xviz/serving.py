@@ -246,7 +246,9 @@ def deployment(models: Iterable[str] = ("kitchenware",), *, replicas: int = 1, m
             self.models = models
 
         def __serve_build_asgi_app__(self):
-            # built on the replica: the models are loaded there, once per replica
+            # built on the replica: the models are loaded there, once per replica, with the app's
+            # torch settings (threads, fp32 on CUDA), which load_model leaves alone
+            xviz.device.configure()
             return asgi_app(InferenceService(self.models),
                             batch=serve.batch(max_batch_size=max_batch, batch_wait_timeout_s=batch_wait_s),
                             engine="Ray Serve")

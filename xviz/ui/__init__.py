@@ -26,8 +26,8 @@ collections still reclaim cycles, but only among objects made since: memory stay
 import gc
 
 # what pages/* and app.py call
-from xviz.ui.cache import (architecture, efficientnet_scaling, flow_capture, layer_summary, layer_table, ledger,
-                           predictions, tour_facts, zoo_comparison, zoo_ledgers_csv)
+from xviz.ui.cache import (architecture, configure_torch, efficientnet_scaling, flow_capture, layer_summary,
+                           layer_table, ledger, predictions, tour_facts, zoo_comparison, zoo_ledgers_csv)
 from xviz.ui.presenter import colormap, presenter
 from xviz.ui.sidebar import camera_blocked, example_images, sidebar
 from xviz.ui.state import (GOTO_BLOCK, TOUR_REVEALED, Selection, current, ensure_frame, page_header, required_model,

@@ -30,6 +30,13 @@ if TYPE_CHECKING:
 
 # -- models, images, predictions --------------------------------------------------------------
 
+@st.cache_resource(show_spinner=False)
+def configure_torch() -> None:
+    """Torch's process-wide settings (threads, true fp32 on CUDA), set once per server process:
+    ``load_model`` leaves them alone, so a notebook that imports xviz keeps its own."""
+    xviz.device.configure()
+
+
 @st.cache_resource(show_spinner=False, max_entries=4)
 def builtin_model(source: str, _progress=None) -> xviz.LoadedModel:
     return xviz.load_model(source, progress=_progress)
