@@ -768,6 +768,32 @@ def test_load_imagenet_downloads_then_uses_the_cache(hub, server, monkeypatch, x
     assert server.requests == before + 1
 
 
+def test_the_app_downloads_imagenet_and_its_next_run_replays_cleanly(hub, server, monkeypatch):
+    """The sidebar downloads before its cached loader runs: a progress bar drawn from inside a
+    cached function into a block made outside it can't be replayed (CacheReplayClosureError on the
+    next run, which is what a student's next click does)."""
+    from helpers import start_app
+
+    from xviz.ui import cache, state
+
+    monkeypatch.setattr(W, "IMAGENET", _spec(server))
+    shown = []
+    draw = state.download_weights
+    monkeypatch.setattr(state, "download_weights", lambda source, progress: draw(
+        source, lambda done, total: (shown.append(done), progress(done, total))))
+    before = server.requests
+    cache.builtin_model.clear()
+    try:
+        at = start_app(model_source="imagenet")
+        assert server.requests == before + 1 and shown and shown[-1] == len(server.payload)
+        assert any("ImageNet" in m.value for m in [*at.sidebar.markdown, *at.sidebar.caption])
+        at.run()
+        assert not at.exception, at.exception
+        assert server.requests == before + 1
+    finally:
+        cache.builtin_model.clear()  # the fake ImageNet must not serve the next test
+
+
 # -- choosing the default -------------------------------------------------------------------------
 
 def test_auto_offline_picks_the_kitchenware_model_and_says_why(offline, kitchenware_dir):

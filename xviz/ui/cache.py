@@ -38,8 +38,16 @@ def configure_torch() -> None:
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
-def builtin_model(source: str, _progress=None) -> xviz.LoadedModel:
-    return xviz.load_model(source, progress=_progress)
+def builtin_model(source: str) -> xviz.LoadedModel:
+    # No progress callback: Streamlit replays what a cached function drew, and can't replay a bar
+    # drawn into a block made outside it (CacheReplayClosureError on the next run); the sidebar
+    # downloads first (state.download_weights), so this only reads the cached file.
+    model = xviz.load_model(source)
+    LOADED_SOURCES.add(source)
+    return model
+
+
+LOADED_SOURCES: set[str] = set()  # builtin sources loaded in this process ("auto" tries its download once)
 
 
 # Models read from uploaded files: two kept for all sessions (LRU), and one file read at a time on the

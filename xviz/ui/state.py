@@ -3,6 +3,7 @@ chosen input size, and the hand-over of a deep link to app.py (``ensure_frame``)
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 
@@ -10,6 +11,7 @@ import streamlit as st
 from PIL import Image
 
 import xviz
+import xviz.weights as W
 from xviz.errors import XvizError
 from xviz.ui import cache, legacy_pages, uploads
 
@@ -74,8 +76,9 @@ def load_selected_model() -> xviz.LoadedModel | None:
                      text=f"Downloading weights: {done / 1e6:.0f} of {total / 1e6:.0f} MB")
 
     try:
+        download_weights(source, progress)
         with st.spinner("Loading the model…"):
-            model = cache.builtin_model(source, _progress=progress)
+            model = cache.builtin_model(source)
         st.session_state[LAST_MODEL] = model
         return model
     except XvizError as exc:
@@ -83,6 +86,22 @@ def load_selected_model() -> xviz.LoadedModel | None:
         return None
     finally:
         bar.empty()
+
+
+def download_weights(source: str, progress) -> None:
+    """Download the ImageNet weights the source needs, with the page's progress bar, before the
+    cached loader runs (it must draw nothing). "imagenet" that can't be had raises the loader's own
+    WeightsUnavailableError; "auto" tries once per server and otherwise lets the loader fall back
+    to the demo model and say why."""
+    if source not in ("auto", "imagenet") or W.cached_path(W.IMAGENET) is not None:
+        return
+    if source == "auto":
+        if "auto" in cache.LOADED_SOURCES:
+            return
+        with contextlib.suppress(XvizError):
+            W.fetch(W.IMAGENET, progress=progress)
+        return
+    W.fetch(W.IMAGENET, progress=progress)
 
 
 def _uploaded_model() -> xviz.LoadedModel | None:
