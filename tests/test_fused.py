@@ -70,6 +70,23 @@ def test_predictions_start_eager_and_switch_to_the_copy(model, photo):
     assert rel_err(m.logits(x), out[last]) <= TOLERANCE
 
 
+@pytest.mark.parametrize("size", [150, 299])
+def test_embeddings_run_the_fused_copy_and_equal_the_eager_ones(model, kitchenware_images, size):
+    """What a taught head is trained on: the copy's pooled features once it is ready, so embedding a
+    sample costs a prediction, not an eager forward (issue 13's budget)."""
+    m = model.with_input_size(size)
+    x = torch.cat([m.preprocess(xviz.load_image(p.read_bytes())) for p in kitchenware_images[:2]])
+    m.predictor.prepare(x.shape, wait=True)
+    assert m.predictor.ready(size)
+    with torch.no_grad():
+        eager = m.net.forward_head(m.net.forward_features(x), pre_logits=True)
+    got = m.embedding(x)
+    assert got.shape == (2, 2048)
+    assert rel_err(got, eager) <= TOLERANCE
+    assert not torch.equal(got, eager)  # BN folded: the copy's rounding, so it was the copy that ran
+    assert rel_err(m.embed(xviz.load_image(kitchenware_images[0].read_bytes())), eager[0]) <= TOLERANCE
+
+
 def test_a_copy_with_other_weights_never_uses_the_originals_fused_copy(model, photo):
     m = model.with_input_size(150)
     x = m.preprocess(photo)

@@ -15,10 +15,11 @@ every call, and every BN, ReLU and residual sum reads and writes the whole activ
 
 Measured against the eager network (``bench/bench_forward.py``, ``bench/bench_peer.py``):
 about the same speed as the compiled graph, outputs within ~1e-6 relative, and no 30-180 s compile.
-The capture and attribution paths keep the eager, hookable network; only predictions use this copy.
+The capture and attribution paths keep the eager, hookable network; only predictions and
+embeddings (the pooled features a taught head reads) use this copy.
 
-:class:`Predictor` is what ``LoadedModel.logits`` runs: the eager network until the fused copy is
-ready for the input size, then the fused copy. The copy is built and its weights packed in a
+:class:`Predictor` is what ``LoadedModel.logits`` and ``LoadedModel.embedding`` run: the eager
+network until the fused copy is ready for the input size, then the fused copy. The copy is built and its weights packed in a
 background thread at the lowest CPU priority after the first answer at that size, so the first
 prediction is never slower than before and a waiting request always gets the cores first.
 """
@@ -142,6 +143,12 @@ class FusedXception:
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) float32 on the CPU -> float32 logits, as ``Xception.forward``."""
+        return self.head(self.forward_features(x).float())
+
+    @torch.no_grad()
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) float32 on the CPU -> ``block14_sepconv2_act`` (N, 2048, h, w), channels_last,
+        in the copy's dtype, as ``Xception.forward_features``."""
         x = x.to(self.dtype).contiguous(memory_format=torch.channels_last)
         conv1, conv2 = self.stem
         x = conv2(conv1(x, "relu"), "relu")
@@ -160,7 +167,7 @@ class FusedXception:
             x = y
         for depthwise, pointwise in self.tail:
             x = pointwise(depthwise(x), "relu")
-        return self.head(x.float())
+        return x
 
 
 class Predictor:
@@ -191,17 +198,31 @@ class Predictor:
         size = (size, size) if isinstance(size, int) else tuple(size)
         return (self._dtype(fast), size) in self._ready
 
-    def __call__(self, x: torch.Tensor, fast: bool = False) -> torch.Tensor:
-        """Logits of ``x``: a fused copy where ready (fp32: same numbers to ~1e-6 relative), else eager."""
-        dtype = self._dtype(fast)
+    def _copy_for(self, x: torch.Tensor, dtype: torch.dtype) -> FusedXception | None:
+        """The fused copy in ``dtype`` if it is ready for ``x``'s size, else None (run eagerly)."""
         copy = self._copies.get(dtype)
         if copy is not None and (dtype, tuple(x.shape[-2:])) in self._ready and x.dtype == torch.float32 \
                 and x.device.type == "cpu":
+            return copy
+        return None
+
+    def __call__(self, x: torch.Tensor, fast: bool = False) -> torch.Tensor:
+        """Logits of ``x``: a fused copy where ready (fp32: same numbers to ~1e-6 relative), else eager."""
+        copy = self._copy_for(x, self._dtype(fast))
+        if copy is not None:
             return copy(x)
         if fast and self.fast_precision == "fp16":
             with torch.autocast(x.device.type, torch.float16):
                 return self.net(x).float()
         return self.net(x)
+
+    def embedding(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 2048) pooled features of ``x``, as ``net.forward_head(..., pre_logits=True)``: the fp32
+        fused copy where ready (same numbers to ~1e-6 relative), else eager. Never fast mode's bf16:
+        a head taught on embeddings must not change with a switch in the sidebar."""
+        copy = self._copy_for(x, torch.float32)
+        features = copy.forward_features(x) if copy is not None else self.net.forward_features(x)
+        return self.net.forward_head(features, pre_logits=True)
 
     def prepare(self, shape: torch.Size | tuple[int, ...], fast: bool = False, wait: bool = False) -> None:
         """Make a fused copy ready for inputs of ``shape`` (N, 3, H, W), in the background.

@@ -94,8 +94,7 @@ class LoadedModel:
         size in the background; later calls run the copy (equal to ~1e-6 relative, see xviz.fused).
         """
         x = x.to(self.device)
-        # a copy made with dataclasses.replace(net=...) (the randomisation twin) must not use our copy
-        predictor = self.predictor if self.predictor is not None and self.predictor.net is self.net else None
+        predictor = self._own_predictor()
         with self.lock:
             out = predictor(x, fast=self.fast) if predictor is not None else self.net(x)
         if predictor is not None:
@@ -105,9 +104,20 @@ class LoadedModel:
     @torch.no_grad()
     def embedding(self, x: torch.Tensor) -> torch.Tensor:
         """(N, F) image embeddings: the global average of ``block14_sepconv2_act``, the features the
-        classifier head reads (F = 2048)."""
+        classifier head reads (F = 2048). Computed like :meth:`logits` (the fused copy once it is ready
+        for the input size, so an embedding costs a prediction), but always in fp32."""
+        x = x.to(self.device)
+        predictor = self._own_predictor()
         with self.lock:
-            return self.net.forward_head(self.net.forward_features(x.to(self.device)), pre_logits=True).float().cpu()
+            out = (predictor.embedding(x) if predictor is not None
+                   else self.net.forward_head(self.net.forward_features(x), pre_logits=True))
+        if predictor is not None:
+            predictor.prepare(x.shape)
+        return out.float().cpu()
+
+    def _own_predictor(self) -> Predictor | None:
+        # a copy made with dataclasses.replace(net=...) (the randomisation twin) must not use our copy
+        return self.predictor if self.predictor is not None and self.predictor.net is self.net else None
 
     def embed(self, img: Image.Image) -> torch.Tensor:
         """One image's 2,048-d embedding (float32, CPU): what a new head is taught on (xviz.teach)."""
