@@ -1,8 +1,9 @@
-"""Teaching new classes (issue 13): embedding cost, training time, session memory.
+"""Teaching new classes (issue 13): embedding cost, training time, session memory, a class at once.
 
 Budgets: embedding a sample <= 1.1x a forward of the same size (interleaved pairs, one run);
 training the head <= 1 s for 10 classes x 30 samples on this machine's cores; <= 20 MB of session
-memory for 300 samples (stored JPEGs, thumbnails and their embeddings).
+memory for 300 samples (stored JPEGs, thumbnails and their embeddings); thirty students teaching at
+once keep the server under 2 GB (bench/load_teach.py against a fresh server, a few minutes).
 
 The 300 samples are real: random crops of the demo package's photos and xviz/data/examples, ten
 photos as ten "classes" of thirty crops each, embedded by the demo backbone at its 150 px.
@@ -10,7 +11,11 @@ photos as ten "classes" of thirty crops each, embedded by the demo backbone at i
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -79,12 +84,29 @@ def rows(pairs: int = 11) -> list[dict]:
     return [
         row("teach: embed 150px / forward 150px", ratio, "x", budget=1.1, note=f"median of {pairs} paired runs"),
         row("teach: embed one sample 150px", statistics.median(t_embed) * 1e3, "ms"),
-        row("teach: train the head, 10 classes x 30", fit, "s", budget=1.0, note=f"{torch.get_num_threads()} threads"),
+        row("teach: train the head, 10 classes x 30", fit, "s", budget=1.0, note=f"{torch.get_num_threads()} threads, OMP_WAIT_POLICY "
+            f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}, load {os.getloadavg()[0]:.1f}"),
         row(f"teach: {ev.method}, 300 samples", evaluate, "s",
             note=f"accuracy {ev.accuracy:.0%}, nearest class mean {ev.baseline_accuracy:.0%}"),
         row("teach: session memory, 300 samples", memory / 1e6, "MB", budget=20.0,
             note="stored JPEGs + thumbnails + float32 embeddings"),
+        *class_rows(),
     ]
+
+
+def class_rows(sessions: int = 30) -> list[dict]:
+    """bench/load_teach.py's class as rows: peak RSS of the server against the 2 GB budget."""
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "load_teach.py"), "--json", "--sessions", str(sessions)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"bench/load_teach.py printed no report (exit {done.returncode}):\n{done.stderr[-2000:]}")
+    r = json.loads(lines[-1])
+    note = f"{r['per_class']} photos x 2 classes each; class done in {r['wall_s']:.0f} s"
+    return [row(f"teach: {sessions} students at once, errors", r["errors"], "", budget=0),
+            row(f"teach: {sessions} students at once, peak server RSS", r["peak_rss_gb"], "GB", budget=2.0, note=note),
+            row(f"teach: {sessions} students at once, RSS held once all had taught", r["held_rss_gb"], "GB",
+                note=f"{r['start_rss_gb']:.2f} GB before the class, every tab still open")]
 
 
 if __name__ == "__main__":

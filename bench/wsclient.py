@@ -203,6 +203,8 @@ class StreamlitSession:
         state.query_string = ""
         state.page_script_hash = self.page_hash
         state.widget_states.widgets.extend(self.widgets.values())
+        # a button's click is sent once, as the browser does: the next rerun must not click it again
+        self.widgets = {i: w for i, w in self.widgets.items() if w.WhichOneof("value") != "trigger_value"}
         self._run_elements, self._run_exceptions = [], []
         while not self._finished.empty():
             self._finished.get_nowait()
@@ -243,6 +245,11 @@ class StreamlitSession:
         ws = WidgetState(id=self.widget_id(key), string_value=value)
         self.widgets[ws.id] = ws
 
+    def click(self, key: str) -> None:
+        """Click the button with ``key``: the next rerun sends the click (once)."""
+        ws = WidgetState(id=self.widget_id(key), trigger_value=True)
+        self.widgets[ws.id] = ws
+
     async def file_urls(self, name: str):
         """Where to PUT (and DELETE) a file: what the browser asks before every upload."""
         request_id = uuid.uuid4().hex
@@ -260,14 +267,20 @@ class StreamlitSession:
 
     async def upload(self, key: str, name: str, data: bytes, mime: str = "image/jpeg") -> None:
         """Put a file into the uploader with ``key`` (the next rerun sees it), replacing its last file."""
+        await self.upload_files(key, [(name, data)], mime)
+
+    async def upload_files(self, key: str, files: list[tuple[str, bytes]], mime: str = "image/jpeg") -> None:
+        """Put several files (name, bytes) into the uploader with ``key`` at once, as a drop of several
+        files on an ``accept_multiple_files`` uploader does, replacing what it held."""
         widget = self.widget_id(key)
-        urls = await self.file_urls(name)
-        await asyncio.to_thread(self._put, urls.upload_url, name, data, mime)
-        previous = self.widgets.get(widget)
         state = WidgetState(id=widget)
-        info = state.file_uploader_state_value.uploaded_file_info.add()
-        info.file_id, info.name, info.size = urls.file_id, name, len(data)
-        info.file_urls.CopyFrom(urls)
+        for name, data in files:
+            urls = await self.file_urls(name)
+            await asyncio.to_thread(self._put, urls.upload_url, name, data, mime)
+            info = state.file_uploader_state_value.uploaded_file_info.add()
+            info.file_id, info.name, info.size = urls.file_id, name, len(data)
+            info.file_urls.CopyFrom(urls)
+        previous = self.widgets.get(widget)
         self.widgets[widget] = state
         if previous is not None:  # the browser deletes the file it replaced
             for old in previous.file_uploader_state_value.uploaded_file_info:
