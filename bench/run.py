@@ -23,7 +23,7 @@ from bench.common import machine  # noqa: E402
 # every module here exposes rows() -> list of bench.common.row dicts
 MODULES = ["bench.bench_forward", "bench.bench_fast", "bench.bench_capture", "bench.bench_attributions",
            "bench.bench_ig", "bench.bench_queue", "bench.bench_pictures", "bench.bench_zoo", "bench.bench_teach",
-           "bench.bench_app", "bench.bench_uploads", "bench.bench_load", "bench.bench_crafted"]
+           "bench.bench_app", "bench.bench_uploads", "bench.bench_load", "bench.bench_crafted", "bench.bench_remote"]
 
 
 def print_table(rows: list[dict]) -> None:

@@ -65,9 +65,15 @@ class RunResult:
 class StreamlitSession:
     """One browser tab's worth of session, driven from asyncio."""
 
-    def __init__(self, url: str, timeout: float = 600.0):
+    def __init__(self, url: str, timeout: float = 600.0, cookies: dict | None = None,
+                 previous_session: str | None = None):
         self.url = url.rstrip("/")
         self.timeout = timeout
+        # the browser's cookie jar (pass the same dict to a reconnecting session): the XSRF cookie, and
+        # a load balancer's stickiness cookie, sent with every request as a browser does
+        self.cookies = cookies if cookies is not None else {}
+        # a reconnecting tab names its previous session (the third websocket subprotocol entry)
+        self.previous_session = previous_session
         self.session_id = ""
         self.pages: dict[str, str] = {}  # url_pathname -> page_script_hash
         self.page_hash = ""
@@ -94,18 +100,24 @@ class StreamlitSession:
         self._xsrf = await asyncio.to_thread(self._xsrf_cookie)
         host = self.url.split("://", 1)[1]
         self._ws = await websockets.connect(
-            f"ws://{host}/_stcore/stream", subprotocols=["streamlit", self._xsrf],
-            additional_headers={"Origin": self.url, "Cookie": f"{XSRF_COOKIE}={self._xsrf}"},
+            f"ws://{host}/_stcore/stream",
+            subprotocols=["streamlit", self._xsrf, *([self.previous_session] if self.previous_session else [])],
+            additional_headers={"Origin": self.url, "Cookie": self.cookie_header()},
             max_size=None, open_timeout=self.timeout, ping_interval=None)
         self._reader = asyncio.create_task(self._read())
 
     def _xsrf_cookie(self) -> str:
-        with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=self.timeout) as r:
+        req = urllib.request.Request(f"{self.url}/_stcore/health", headers={"Cookie": self.cookie_header()})
+        with urllib.request.urlopen(req, timeout=self.timeout) as r:
             for header in r.headers.get_all("Set-Cookie") or []:
                 name, _, rest = header.partition("=")
-                if name.strip() == XSRF_COOKIE:
-                    return rest.split(";", 1)[0]
-        raise ClientError("the server set no XSRF cookie")
+                self.cookies[name.strip()] = rest.split(";", 1)[0]
+        if XSRF_COOKIE not in self.cookies:
+            raise ClientError("the server set no XSRF cookie")
+        return self.cookies[XSRF_COOKIE]
+
+    def cookie_header(self) -> str:
+        return "; ".join(f"{name}={value}" for name, value in self.cookies.items())
 
     async def close(self) -> None:
         if self._ws is not None:
@@ -230,7 +242,8 @@ class StreamlitSession:
     def _fetch_media(self, elements) -> int:
         urls = [img.url for kind, el in elements if kind == "imgs" for img in el.imgs if img.url.startswith("/")]
         for url in urls:
-            with urllib.request.urlopen(f"{self.url}{url}", timeout=self.timeout) as r:
+            req = urllib.request.Request(f"{self.url}{url}", headers={"Cookie": self.cookie_header()})
+            with urllib.request.urlopen(req, timeout=self.timeout) as r:
                 r.read()
         return len(urls)
 
@@ -305,7 +318,7 @@ class StreamlitSession:
         host, port = self.url.split("://", 1)[1].split(":")
         request = (f"PUT {path} HTTP/1.1\r\nHost: {host}:{port}\r\nOrigin: {self.url}\r\n"
                    f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
-                   f"X-Xsrftoken: {self._xsrf}\r\nCookie: {XSRF_COOKIE}={self._xsrf}\r\n"
+                   f"X-Xsrftoken: {self._xsrf}\r\nCookie: {self.cookie_header()}\r\n"
                    + ("Transfer-Encoding: chunked\r\n\r\n" if chunked
                       else f"Content-Length: {len(head) + size + len(tail)}\r\n\r\n")).encode()
         answer: list[bytes] = []
@@ -335,7 +348,7 @@ class StreamlitSession:
     def _request(self, method: str, path: str, body: bytes | None, headers: dict) -> None:
         url = path if path.startswith("http") else f"{self.url}{path if path.startswith('/') else '/' + path}"
         req = urllib.request.Request(url, data=body, method=method, headers={
-            **headers, "X-Xsrftoken": self._xsrf, "Cookie": f"{XSRF_COOKIE}={self._xsrf}", "Origin": self.url})
+            **headers, "X-Xsrftoken": self._xsrf, "Cookie": self.cookie_header(), "Origin": self.url})
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as r:
                 if r.status >= 300:

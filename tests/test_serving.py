@@ -323,3 +323,29 @@ def test_serve_command_starts_the_service(kitchenware_dir, kitchenware, photo):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_a_tab_that_lost_its_session_is_detected():
+    """A reconnecting browser names its previous session (third Sec-WebSocket-Protocol entry); a
+    server that starts a fresh session for it must tell the student their upload is gone."""
+    from xviz.ui.sidebar import came_back_without_session
+
+    assert came_back_without_session({"Sec-Websocket-Protocol": "streamlit, xsrf-token, old-id"}, "new-id")
+    assert not came_back_without_session({"Sec-Websocket-Protocol": "streamlit, xsrf-token, same-id"}, "same-id")
+    assert not came_back_without_session({"Sec-Websocket-Protocol": "streamlit, xsrf-token"}, "new-id")
+    assert not came_back_without_session({}, None)
+
+
+def test_a_tab_that_lost_its_session_is_told_to_upload_again(open_app, photo):
+    from xviz.ui import state
+    from xviz.ui.sidebar import SESSION_LOST
+
+    at = open_app(**{state.SESSION_LOST: True})
+    assert not at.exception
+    assert any(SESSION_LOST in w.value for w in at.sidebar.warning)
+    at.sidebar.radio(key="image_source").set_value("Upload").run()
+    at.sidebar.get("file_uploader")[0].set_value(("again.png", _uploaded_crop(photo, 30), "image/png"))
+    at.run()
+    assert not at.exception
+    assert not any(SESSION_LOST in w.value for w in at.sidebar.warning)
+    assert at.session_state["image_name"] == "upload: again.png"

@@ -275,6 +275,9 @@ class RemoteBackend(I.Backend):
     # -- where inference runs ----------------------------------------------------------------
 
     def location(self, model=None) -> str:
+        probing = self._probing
+        if probing is not None and self._health is None:
+            probing.wait(min(self.timeout_s, 3.0))  # a replica's first page: the first health check
         with self._lock:
             health, problem = self._health, self._problem
         if problem is not None:

@@ -256,10 +256,17 @@ def deployment(models: Iterable[str] = ("kitchenware",), *, replicas: int = 1, m
     return XvizInference.bind(models)
 
 
+BUILD_ARGS = {"models", "replicas", "max_replicas", "num_cpus", "num_gpus"}
+
+
 def build(args: dict):
     """Application builder for ``serve run xviz.serving:build models=kitchenware,imagenet`` and for a
     RayService's ``import_path`` (its ``args``): keys ``models`` (comma-separated), ``replicas``,
     ``max_replicas``, ``num_cpus``, ``num_gpus``."""
+    unknown = set(args) - BUILD_ARGS
+    if unknown:
+        raise ValueError(f"unknown argument(s) {', '.join(sorted(unknown))}; xviz.serving.build takes "
+                         f"{', '.join(sorted(BUILD_ARGS))}")
     models = args.get("models", "kitchenware")
     models = models.split(",") if isinstance(models, str) else list(models)
     return deployment(models, replicas=int(args.get("replicas", 1)),

@@ -31,6 +31,9 @@ MODEL_CHOICES = {
     "upload": "Your own weights file…",
 }
 INPUT_SIZES = (0, 150, 224, 299, 384)  # 0 = native; every size >= 71 works, these cover the usual ones
+REPLICA_ENV = "XVIZ_REPLICA"  # this app replica's name (deploy/: app1, app2, or the pod's name)
+SESSION_LOST = ("This tab lost its session: the server that held it stopped or restarted, and another one "
+                "took over. Your photo and settings were not kept here: upload your photo again (or pick an example).")
 
 
 # -- the image --------------------------------------------------------------------------------
@@ -61,6 +64,17 @@ def _set_image(data: bytes, name: str) -> bool:
     return True
 
 
+def came_back_without_session(headers, session: str | None) -> bool:
+    """Is this a new session of a tab that had one elsewhere (another replica, or before a restart)?
+
+    A reconnecting browser names its previous session in the third entry of the websocket's
+    Sec-WebSocket-Protocol header; a server that does not hold it starts a fresh session, so whatever
+    the student had uploaded is gone.
+    """
+    entries = [e.strip() for e in (headers.get("Sec-Websocket-Protocol") or "").split(",")]
+    return len(entries) >= 3 and bool(entries[2]) and entries[2] != session
+
+
 def _take_photo(uploader: str) -> None:
     """``on_change`` of the photo uploader and the camera: use the new picture, or refuse it and let
     go of it at once (the previous image stays in use)."""
@@ -70,10 +84,14 @@ def _take_photo(uploader: str) -> None:
     name = "camera photo" if uploader == uploads.CAMERA else f"upload: {state.safe_display(file.name)}"
     if not _set_image(file.getvalue(), name):
         uploads.release(uploader, file)
+    else:
+        st.session_state.pop(state.SESSION_LOST, None)
 
 
 def _image_sidebar():
     st.sidebar.subheader("Image")
+    if st.session_state.get(state.SESSION_LOST):
+        st.sidebar.warning(SESSION_LOST)
     source = st.sidebar.radio("Source", ["Example", "Upload", "Camera"], horizontal=True,
                               key=IMAGE_SOURCE, label_visibility="collapsed")
     if source == "Example":
@@ -171,6 +189,8 @@ def sidebar() -> None:
     st.session_state.setdefault(MODEL_SOURCE, "auto")
     st.session_state.setdefault(INPUT_SIZE, 0)
     st.session_state.setdefault(FAST_MODE, os.environ.get(FAST_ENV) == "1")
+    if state.SESSION_LOST not in st.session_state:  # once, on the session's first run
+        st.session_state[state.SESSION_LOST] = came_back_without_session(st.context.headers, cache.session_id())
     presenter_sidebar()
     _image_sidebar()
     _model_sidebar()
@@ -201,6 +221,8 @@ def status(model: xviz.LoadedModel, where=st) -> None:
     problem = runner.problem()
     if problem:
         where.warning(problem)
+    if os.environ.get(REPLICA_ENV):  # behind a load balancer: which app replica holds this session
+        where.caption(f"**App replica:** {os.environ[REPLICA_ENV]}")
     if model.fast:
         where.warning(f"**Fast mode on:** predictions are computed in {model.precision}, not fp32; probabilities "
                       "can differ by about 1%. Feature maps and attributions stay fp32.")

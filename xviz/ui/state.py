@@ -33,6 +33,7 @@ PRESENTER = "presenter"  # classroom projector: larger type, projector-safe colo
 GOTO_BLOCK = "goto_block"  # set by the Architecture page: the block whose maps to open
 TOUR_REVEALED = "tour_revealed"  # slugs of the tour steps whose answer was revealed
 RUN_MODEL = "_run_model"  # the model resolved by this run's sidebar, so pages don't resolve it again
+SESSION_LOST = "session_lost"  # this tab had a session on another server: its uploads are gone (deploy/)
 TAUGHT = "taught_model"  # the LoadedModel taught in this session (the sidebar's "taught" choice)
 
 
