@@ -13,7 +13,7 @@ ui.page_header("The architecture of Xception",
                "input skips around it and is added to its output.")
 model = ui.required_model()
 size = model.input_size
-arch = ui.architecture(model.key, size, model)
+arch = ui.architecture(model)
 PICKED = "_arch_picked"
 
 

@@ -12,7 +12,7 @@ ui.page_header("Inside the flows: feature maps",
 sel = ui.current()
 model, size = sel.model, sel.model.input_size
 cap = ui.flow_capture(sel)
-table = ui.layer_table(model.key, size, model)
+table = ui.layer_table(model)
 blocks = flows.block_names(model.net)
 rows_by_block = {b: [r for r in table if r.block == b] for bl in blocks.values() for b in bl}
 

@@ -32,7 +32,7 @@ layer = st.select_slider("Layer (Grad-CAM family): entry flow → middle flow �
                          value=A.DEFAULT_LAYER, key="gc_layer",
                          format_func=lambda n: f"{flow_of[n]} · {n}",
                          disabled=not any(A.METHODS[n].uses_layer for n in [method, *compare]))
-shapes = {r.name: r for r in ui.layer_table(model.key, size, model)}
+shapes = {r.name: r for r in ui.layer_table(model)}
 if layer in shapes:
     r = shapes[layer]
     st.caption(f"**{layer}** ({flow_of[layer]}): a {r.height}×{r.width} grid of {r.channels:,} channels, one cell "

@@ -12,7 +12,7 @@ ui.page_header("Parameters and compute",
                "per image (1 MAC ≈ 2 FLOPs); parameters are learned weights.")
 model = ui.required_model()
 size = model.input_size
-table, twin = ui.ledger(model.key, size, model)
+table, twin = ui.ledger(model)
 ours, std = A.totals(table), A.totals(twin)
 NUM = {c: st.column_config.NumberColumn(format="localized") for c in ("params", "macs", "bn_statistics")}
 

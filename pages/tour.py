@@ -22,7 +22,7 @@ index, problem = tour.parse_step(st.query_params.get(STEP))
 if problem:
     st.warning(problem)
 st.query_params[STEP] = str(index + 1)  # the URL always names the step shown
-facts = ui.tour_facts(model.key, size, model)
+facts = ui.tour_facts(model)
 step = STEPS[index]
 
 
@@ -41,8 +41,7 @@ def nav(where: str) -> None:
 
 
 def strongest_channel(layer: str) -> int:
-    cap = ui.flow_capture(sel)
-    return int(ui.layer_summary(model.key, sel.image_key, size, layer, cap)[1]["mean"][0])
+    return int(ui.layer_summary(sel, layer)[1]["mean"][0])
 
 
 def show(slug: str) -> None:

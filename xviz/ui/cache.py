@@ -1,9 +1,10 @@
 """Everything cached: models (``st.cache_resource``, one per source, shared by all sessions, never
 mutated: hooked forwards serialise on ``LoadedModel.lock``), derived tables and maps
-(``st.cache_data``, keyed by short content ids: image sha256, model key, never tensors or modules),
-and the process-wide stores of what the model computed per image (logits, the feature-map capture,
-attributions), filled through the inference queue (:mod:`xviz.inference`) while the student sees
-their place in line (:mod:`xviz.ui.waiting`).
+(``st.cache_data``, keyed by short content ids through ``hash_funcs``: a model by its key, a
+selection by model key + image sha256, never tensors or modules), and the process-wide stores of what
+the model computed per image (logits, the feature-map capture, attributions), filled through the
+inference queue (:mod:`xviz.inference`) while the student sees their place in line
+(:mod:`xviz.ui.waiting`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,12 @@ from xviz.ui.waiting import Results, computed, session_id
 
 if TYPE_CHECKING:
     from xviz.ui.state import Selection
+
+# Cache keys through hash_funcs: a model by its key (weights, input size, fast mode), a Selection by
+# model key + image sha256, so Streamlit never hashes tensors, modules or images. By type name:
+# xviz.ui.state imports this module.
+BY_KEY = {"xviz.loaded.LoadedModel": lambda m: m.key, "xviz.ui.state.Selection": lambda s: s.key}
+BY_IMAGE = {"xviz.ui.state.Selection": lambda s: s.image_key}  # for what depends on the photo alone
 
 # -- models, images, predictions --------------------------------------------------------------
 
@@ -59,13 +66,13 @@ _uploaded_lock = threading.Lock()  # guards _uploaded
 _weights_reads = uploads.OneAtATime()
 
 
-def uploaded_model(weights_sha: str, labels_sha: str, display_name: str, weights: tuple[str, bytes],
-                   labels: tuple[str, bytes] | None, on_wait=None) -> xviz.LoadedModel:
+def uploaded_model(weights: tuple[str, bytes], labels: tuple[str, bytes] | None, display_name: str,
+                   on_wait=None) -> xviz.LoadedModel:
     """The model in uploaded ``weights`` (name, bytes), with optional ``labels`` (name, bytes).
 
     Read at most one file at a time per server: ``on_wait()`` is called if this one has to queue.
-    Models are kept by content (the shas), so a file already read is never read again."""
-    key = (weights_sha, labels_sha, display_name)
+    Models are kept by content (sha256 of the files), so a file already read is never read again."""
+    key = (sha256(weights[1]), sha256(labels[1]) if labels else "", display_name)
     with _uploaded_lock:
         hit = _uploaded.get(key)
     if hit is not None:
@@ -100,6 +107,8 @@ def _read_uploaded(weights: tuple[str, bytes], labels: tuple[str, bytes] | None,
         return xviz.load_file(path, labels=parsed, display_name=display_name)
 
 
+# keyed by the sha256 the caller has already taken (the Selection's image key): hashing the bytes
+# here as well would hash every photo twice on every rerun
 @st.cache_data(show_spinner=False, max_entries=32)
 def decode_image(image_key: str, _data: bytes) -> Image.Image:
     return xviz.load_image(_data)
@@ -135,13 +144,13 @@ def top_classes(sel: Selection, k: int) -> list[tuple[int, str, float]]:
     return xviz.loaded.top_k(sel.model.labels, logits(sel), k)
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
-def photo_jpeg(image_key: str, _image: Image.Image) -> bytes:
+@st.cache_data(show_spinner=False, max_entries=64, hash_funcs=BY_IMAGE)
+def photo_jpeg(sel: Selection) -> bytes:
     """The photo as shown beside the model's input: JPEG at most 1024 px wide or high, encoded once
     per image (``st.image`` of the PIL image would encode it at quality 100 on every rerun)."""
     from xviz.figures import maps
 
-    return maps.jpeg_bytes(_image, max_side=1024)
+    return maps.jpeg_bytes(sel.image, max_side=1024)
 
 
 def sha256(data: bytes) -> str:
@@ -150,12 +159,12 @@ def sha256(data: bytes) -> str:
 
 # -- tables and the feature-map capture (xviz.accounting, xviz.across, xviz.flows, xviz.tour) -----------
 
-@st.cache_data(show_spinner=False, max_entries=16)
-def ledger(model_key: str, input_size: int, _model: xviz.LoadedModel):
+@st.cache_data(show_spinner=False, max_entries=16, hash_funcs=BY_KEY)
+def ledger(model: xviz.LoadedModel):
     """(ledger, standard-conv counterfactual) DataFrames of xviz.accounting, per (model, input size)."""
     from xviz import accounting
 
-    table = accounting.ledger(_model, input_size)
+    table = accounting.ledger(model, model.input_size)
     return table, accounting.counterfactual(table)
 
 
@@ -205,35 +214,47 @@ def flow_capture(sel: Selection):
         "Running the network once and keeping every map these pages show", finish=keep)
 
 
-@st.cache_data(show_spinner=False, max_entries=8)
-def layer_table(model_key: str, input_size: int, _model: xviz.LoadedModel):
-    """Shown layers with flow, block, kind and shape at ``input_size`` (one shape-only forward)."""
+@st.cache_data(show_spinner=False, max_entries=8, hash_funcs=BY_KEY)
+def layer_table(model: xviz.LoadedModel):
+    """Shown layers with flow, block, kind and shape at the model's input size (one shape-only forward)."""
     from xviz import flows
 
-    return flows.layer_table(_model, input_size)
+    return flows.layer_table(model, model.input_size)
 
 
-@st.cache_data(show_spinner=False, max_entries=8)
-def architecture(model_key: str, input_size: int, _model: xviz.LoadedModel):
-    """Per-block summary (shapes at ``input_size``, parameters, residual type)."""
+@st.cache_data(show_spinner=False, max_entries=8, hash_funcs=BY_KEY)
+def architecture(model: xviz.LoadedModel):
+    """Per-block summary (shapes at the model's input size, parameters, residual type)."""
     from xviz import flows
 
-    return flows.architecture(_model, input_size)
+    return flows.architecture(model, model.input_size)
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
-def layer_summary(model_key: str, image_key: str, input_size: int, layer: str, _cap):
+def layer_summary(sel: Selection, layer: str):
     """(LayerStats, {sort: channel order}) of one captured layer."""
+    # the capture is fetched here, outside the cached call: it may wait in the queue, and what a
+    # cached function draws (the waiting line) Streamlit would replay on every later hit
+    return _layer_summary(sel, layer, flow_capture(sel))
+
+
+@st.cache_data(show_spinner=False, max_entries=64, hash_funcs=BY_KEY)
+def _layer_summary(sel: Selection, layer: str, _cap):
     from xviz import flows
 
     maps = _cap.map(layer)
     return flows.layer_stats(maps), {by: flows.channel_order(maps, by) for by in flows.SORTS}
 
 
-@st.cache_data(show_spinner=False, max_entries=32)
-def channel_grid(model_key: str, image_key: str, input_size: int, layer: str, sort: str, normalise: str,
-                 cmap: str, count: int, _cap, _order, min_tile: int = 24):
+def channel_grid(sel: Selection, layer: str, sort: str, normalise: str, cmap: str, count: int,
+                 min_tile: int = 24):
     """(PNG bytes, layout) of the layer's first ``count`` channels in ``sort`` order as one grid image."""
+    _, orders = layer_summary(sel, layer)
+    return _channel_grid(sel, layer, sort, normalise, cmap, count, min_tile, flow_capture(sel), orders[sort])
+
+
+@st.cache_data(show_spinner=False, max_entries=32, hash_funcs=BY_KEY)
+def _channel_grid(sel: Selection, layer: str, sort: str, normalise: str, cmap: str, count: int, min_tile: int,
+                  _cap, _order):
     from xviz.figures import maps
 
     rgb, layout = maps.channel_grid(_cap.map(layer), _order[:count], normalise=normalise, cmap=cmap,
@@ -241,14 +262,13 @@ def channel_grid(model_key: str, image_key: str, input_size: int, layer: str, so
     return maps.png_bytes(rgb), layout
 
 
-@st.cache_data(show_spinner=False, max_entries=8)
-def tour_facts(model_key: str, input_size: int, _model: xviz.LoadedModel):
-    """xviz.tour.TourFacts of the model at ``input_size``, from the cached tables the other pages use."""
+@st.cache_data(show_spinner=False, max_entries=8, hash_funcs=BY_KEY)
+def tour_facts(model: xviz.LoadedModel):
+    """xviz.tour.TourFacts of the model at its input size, from the cached tables the other pages use."""
     from xviz import tour
 
-    table, twin = ledger(model_key, input_size, _model)
-    return tour.facts(_model, layer_table(model_key, input_size, _model),
-                      architecture(model_key, input_size, _model), table, twin)
+    table, twin = ledger(model)
+    return tour.facts(model, layer_table(model), architecture(model), table, twin)
 
 
 # -- attributions: where the network looks (pages/gradcam.py, xviz.attributions) ----------------

@@ -121,8 +121,7 @@ def _uploaded_model() -> xviz.LoadedModel | None:
     waiting = st.sidebar.empty()
     try:
         with st.spinner("Reading the weights file…"):
-            model = cache.uploaded_model(cache.sha256(upload[1]), cache.sha256(labels[1]) if labels else "",
-                                         safe_display(upload[0]), upload, labels,
+            model = cache.uploaded_model(upload, labels, safe_display(upload[0]),
                                          on_wait=lambda: waiting.info(uploads.WAITING_FOR_WEIGHTS))
         st.session_state[LAST_MODEL] = model
         return model

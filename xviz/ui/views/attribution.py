@@ -34,7 +34,7 @@ def view_attribution(sel: Selection, target: int, *, method: str = "gradcam", la
         alpha = c1.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key=f"{key}_alpha", disabled=view != "Overlay")
         if not presenter():
             cmap = c2.selectbox("Colours", F.COLORMAPS, key=f"{key}_cmap")
-    shapes = {r.name: r for r in layer_table(model.key, size, model)}
+    shapes = {r.name: r for r in layer_table(model)}
     # the picture the model saw, cropped the same way but drawn at a readable size (not upscaled pixels)
     shown_size = max(size, 448)
     seen = dataclasses.replace(model.preprocessing, size=shown_size, resize="bilinear").resized(sel.image)

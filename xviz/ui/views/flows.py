@@ -11,19 +11,16 @@ from xviz.ui.state import Selection
 
 
 def _flow_rows(sel: Selection):
-    model, size = sel.model, sel.model.input_size
-    cap = flow_capture(sel)
-    return cap, {r.name: r for r in layer_table(model.key, size, model)}
+    return flow_capture(sel), {r.name: r for r in layer_table(sel.model)}
 
 
 def view_layer_numbers(sel: Selection, layer: str) -> None:
     """What ``layer`` is, its shape, stride, sparsity and range, and where it sits in the size strip."""
     from xviz import flows
 
-    model, size = sel.model, sel.model.input_size
     cap, rows = _flow_rows(sel)
     info = rows[layer]
-    stats, _ = layer_summary(model.key, sel.image_key, size, layer, cap)
+    stats, _ = layer_summary(sel, layer)
     st.caption(f"**{layer}** — {flows.KIND_TEXT[info.kind]}. "
                + ("Kept from the forward pass." if info.stored else
                   f"Computed from `{cap.plan[layer].source}` exactly as the network does (no rerun).")
@@ -44,7 +41,7 @@ def view_size_strip(sel: Selection, layer: str) -> None:
     from xviz.figures import maps as M
 
     size = sel.model.input_size
-    table = layer_table(sel.model.key, size, sel.model)
+    table = layer_table(sel.model)
     info = next(r for r in table if r.name == layer)
     highlight = ("middle flow ×8" if info.flow == "middle_flow" else
                  (layer.replace("_act", "") if info.block == "block1" else info.block))
@@ -65,10 +62,9 @@ def view_channel_grid(sel: Selection, layer: str, *, key: str = "fm", controls: 
     from xviz import flows
     from xviz.figures import maps as M
 
-    model, size = sel.model, sel.model.input_size
-    cap, rows = _flow_rows(sel)
+    _, rows = _flow_rows(sel)
     info = rows[layer]
-    _, orders = layer_summary(model.key, sel.image_key, size, layer, cap)
+    _, orders = layer_summary(sel, layer)
     st.subheader(f"The {info.channels:,} channels of {layer}" if title is None else title)
     normalise, cmap, count = "channel", colormap("maps"), min(count, info.channels)
     if controls:
@@ -82,8 +78,7 @@ def view_channel_grid(sel: Selection, layer: str, *, key: str = "fm", controls: 
         count = g[3].slider("Channels shown", 1, info.channels, min(info.channels, 128), key=f"{key}_count")
     # small maps (9×9) are enlarged by whole pixels here, crisply: left to the browser they'd be
     # stretched to the caption's width and blurred
-    grid, layout = channel_grid(model.key, sel.image_key, size, layer, sort, normalise, cmap, count, cap,
-                                orders[sort], min_tile=64)
+    grid, layout = channel_grid(sel, layer, sort, normalise, cmap, count, min_tile=64)
     st.image(grid, width=grid_width(layout),
              caption=f"{count} of {info.channels} channels, {flows.SORTS[sort]}, read left to right; "
                      f"{M.NORMALISATIONS[normalise]}"

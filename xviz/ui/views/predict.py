@@ -12,7 +12,7 @@ def view_input(sel: Selection) -> None:
     """The photo and the picture the network reads (resized as its preprocessing says)."""
     model = sel.model
     left, right = st.columns(2)
-    left.image(photo_jpeg(sel.image_key, sel.image), caption=f"Your image ({sel.image_name}), {sel.image.width}×{sel.image.height} px",
+    left.image(photo_jpeg(sel), caption=f"Your image ({sel.image_name}), {sel.image.width}×{sel.image.height} px",
                width="stretch")
     right.image(model.preprocessing.resized(sel.image),
                 caption=f"What the model sees: {model.preprocessing.describe()}", width="stretch")
