@@ -17,6 +17,7 @@ import xviz
 from bench.common import bench_model, naive_net, row
 from xviz import flows
 from xviz.figures import maps as M
+from xviz.figures.toolkit import png_bytes
 
 SIZE = 299
 PHOTO = Path(__file__).resolve().parent.parent / "xviz" / "data" / "examples" / "coffee.jpg"
@@ -31,10 +32,10 @@ def busiest_view(cap, stages) -> tuple[float, int]:
     values = cap.map(BUSIEST_LAYER)
     flows.layer_stats(values)
     order = {by: flows.channel_order(values, by) for by in flows.SORTS}["mean"]
-    grid = M.png_bytes(M.channel_grid(values, order, normalise="channel")[0])
+    grid = png_bytes(M.channel_grid(values, order, normalise="channel")[0])
     fig = M.channel_figure(cap.channel(BUSIEST_LAYER, int(order[0])), image=cap.image)
     rv = flows.residual_view(cap, "block2")
-    tiles = [M.png_bytes(t) for t in M.tiles([rv.input[0], rv.branch[0], rv.shortcut[0], rv.total[0]], side=200)]
+    tiles = [png_bytes(t) for t in M.tiles([rv.input[0], rv.branch[0], rv.shortcut[0], rv.total[0]], side=200)]
     strip = M.size_strip(stages)
     fig_json, strip_json = fig.to_json(), strip.to_json()
     seconds = time.perf_counter() - start

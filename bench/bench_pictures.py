@@ -5,7 +5,7 @@
 Before, ``st.image`` got arrays and PIL images, which Streamlit encodes as JPEG at quality 100 on
 every rerun (``streamlit/elements/lib/image_utils.py``: ``_pil_to_bytes(..., quality=100)``), and the
 Grad-CAM and channel download buttons encoded a PNG on every rerun whether or not anyone clicked.
-After: photos and overlays are JPEG at quality 88 (``xviz.figures.maps.jpeg_bytes``), the photo is
+After: photos and overlays are JPEG at quality 88 (``xviz.figures.toolkit.jpeg_bytes``), the photo is
 encoded once per image (``ui.cache.photo_jpeg``), downloads are encoded on click (a callable).
 Measured on a real kitchenware photo with the demo model (150 px, Grad-CAM overlay drawn at 448 px);
 ratios of medians measured side by side.
@@ -32,7 +32,7 @@ from bench.common import bench_model, row  # noqa: E402
 from xviz import attributions as A  # noqa: E402
 from xviz import weights as W  # noqa: E402
 from xviz.figures import attribution as F  # noqa: E402
-from xviz.figures import maps as M  # noqa: E402
+from xviz.figures import toolkit as T  # noqa: E402
 
 
 def _streamlit_jpeg(picture) -> bytes:
@@ -61,14 +61,14 @@ def views() -> dict[str, tuple[tuple[float, int], tuple[float, int]]]:
     m = bench_model(150)
     heat = A.gradcam(m, m.preprocess(photo)).numpy()
     seen = dataclasses.replace(m.preprocessing, size=448, resize="bilinear").resized(photo)  # as the view draws it
-    overlay = F.overlay(seen, heat, alpha=0.5, cmap="jet")
+    overlay = F.heatmap_overlay(seen, heat, alpha=0.5, cmap="jet")
     settings = {"method": "gradcam", "size": 150}
-    shown_photo = M.jpeg_bytes(photo, max_side=1024)  # encoded once per image, then reused
+    shown_photo = T.jpeg_bytes(photo, max_side=1024)  # encoded once per image, then reused
     return {
         "Predict photo": (_median_ms(lambda: [_streamlit_jpeg(photo)]), _median_ms(lambda: [shown_photo])),
         "Grad-CAM overlay + download": (
-            _median_ms(lambda: [_streamlit_jpeg(overlay), F.png_bytes(overlay, settings)]),
-            _median_ms(lambda: [M.jpeg_bytes(overlay)])),
+            _median_ms(lambda: [_streamlit_jpeg(overlay), T.png_bytes(overlay, settings)]),
+            _median_ms(lambda: [T.jpeg_bytes(overlay)])),
     }
 
 

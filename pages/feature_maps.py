@@ -4,6 +4,7 @@ import streamlit as st
 
 from xviz import flows, ui
 from xviz.figures import maps as M
+from xviz.figures.toolkit import png_bytes
 
 ui.page_header("Inside the flows: feature maps",
                "Every layer turns the image into a stack of **channels**: small pictures, each "
@@ -49,7 +50,7 @@ right.caption(f"Channel {channel}: values {values.min():.3g} … {values.max():.
               f"{(values <= 0).mean():.0%} zero after ReLU. Hover over the map for values. The overlay is "
               "approximate: a map pixel stands for the centre of the image patch it sees.")
 if not ui.presenter():
-    right.download_button("Download this channel (PNG)", lambda: M.png_bytes(M.channel_picture(values, **picture)),
+    right.download_button("Download this channel (PNG)", lambda: png_bytes(M.channel_picture(values, **picture)),
                           f"{layer}_ch{channel}.png", "image/png")  # encoded on click, not every rerun
 
 if f"{block}_add" in cap.plan:

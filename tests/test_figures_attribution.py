@@ -11,6 +11,7 @@ from PIL import Image
 import xviz
 from xviz.attributions import DeletionCurve, RandomisationCheck
 from xviz.figures import attribution as F
+from xviz.figures import toolkit as T
 
 
 @pytest.fixture(scope="module")
@@ -31,15 +32,15 @@ def test_normalise_unsigned_and_signed():
 def test_overlay_blends_and_resizes(seen):
     heat = np.random.default_rng(0).random((5, 5))  # a coarse 5x5 Grad-CAM grid
     rgb = np.asarray(seen)
-    assert np.array_equal(F.overlay(seen, heat, alpha=0.0), rgb)
-    full = F.overlay(seen, heat, alpha=1.0, cmap="gray")
+    assert np.array_equal(F.heatmap_overlay(seen, heat, alpha=0.0), rgb)
+    full = F.heatmap_overlay(seen, heat, alpha=1.0, cmap="gray")
     assert full.shape == (40, 60, 3) and full.dtype == np.uint8
     assert np.allclose(full[..., 0], full[..., 1])  # gray colour map: no tint of the photo left
-    half = F.overlay(seen, heat, alpha=0.5).astype(int)
-    colour = F.overlay(seen, heat, alpha=1.0).astype(int)
+    half = F.heatmap_overlay(seen, heat, alpha=0.5).astype(int)
+    colour = F.heatmap_overlay(seen, heat, alpha=1.0).astype(int)
     assert np.abs(half - (rgb + colour) / 2).max() <= 1
     with pytest.raises(ValueError, match="alpha"):
-        F.overlay(seen, heat, alpha=1.5)
+        F.heatmap_overlay(seen, heat, alpha=1.5)
 
 
 def test_signed_maps_use_a_diverging_scale():
@@ -69,7 +70,7 @@ def test_png_carries_its_settings():
     settings = {"method": "gradcam", "layer": "block14_sepconv2_act", "class": "coffee mug/cup", "alpha": 0.5}
     name = F.png_filename(settings)
     assert name == "xviz_method-gradcam_layer-block14_sepconv2_act_class-coffee-mug-cup_alpha-0.5.png"
-    data = F.png_bytes(np.zeros((8, 8, 3), np.uint8), settings)
+    data = T.png_bytes(np.zeros((8, 8, 3), np.uint8), settings)
     img = Image.open(io.BytesIO(data))
     assert img.size == (8, 8) and img.text["xviz:layer"] == "block14_sepconv2_act"
 
@@ -91,8 +92,8 @@ def test_fade_leaves_irrelevant_pixels_untouched(seen):
     heat = np.zeros((40, 60))
     heat[10:20, 10:20] = 1.0
     rgb = np.asarray(seen)
-    out = F.overlay(seen, heat, alpha=0.8, fade=True)
+    out = F.heatmap_overlay(seen, heat, alpha=0.8, fade=True)
     assert np.array_equal(out[30:, 40:], rgb[30:, 40:])  # zero relevance: the photo as it was
     assert not np.array_equal(out[12:18, 12:18], rgb[12:18, 12:18])
-    signed = F.overlay(seen, -heat, alpha=0.8, signed=True)  # fade is on by default for signed maps
+    signed = F.heatmap_overlay(seen, -heat, alpha=0.8, signed=True)  # fade is on by default for signed maps
     assert np.array_equal(signed[30:, 40:], rgb[30:, 40:])

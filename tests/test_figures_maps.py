@@ -9,22 +9,23 @@ from PIL import Image
 
 from xviz import flows
 from xviz.figures import maps as M
+from xviz.figures import toolkit as T
 
 VIEW_BUDGET = 2_000_000  # bytes sent to the browser per view (issue 4)
 rng = np.random.default_rng(0)
 
 
 def test_lut_and_colorize():
-    table = M.lut("viridis")
+    table = T.lut("viridis")
     assert table.shape == (256, 3) and table.dtype == np.uint8
     a = np.array([[0.0, 1.0], [2.0, 4.0]], np.float32)
-    rgb = M.colorize(a)
+    rgb = T.colorize(a)
     assert rgb.shape == (2, 2, 3) and rgb.dtype == np.uint8
     assert (rgb[0, 0] == table[0]).all() and (rgb[1, 1] == table[255]).all()
-    assert (M.colorize(np.full((3, 3), 5.0))[0, 0] == table[0]).all()  # a flat map doesn't divide by zero
+    assert (T.colorize(np.full((3, 3), 5.0))[0, 0] == table[0]).all()  # a flat map doesn't divide by zero
     with pytest.raises(ValueError, match="unknown colormap"):
-        M.lut("no-such-map")
-    assert M.plotly_colorscale("gray")[0] == [0.0, "rgb(0,0,0)"]
+        T.lut("no-such-map")
+    assert T.plotly_colorscale("gray")[0] == [0.0, "rgb(0,0,0)"]
 
 
 def test_downsample_takes_box_means():
@@ -47,7 +48,7 @@ def test_channel_grid_layout_and_normalisation():
     assert rgb.shape == (lay.rows * (lay.tile + lay.gap) - lay.gap, lay.cols * (lay.tile + lay.gap) - lay.gap, 3)
     assert lay.channels[0] == 127 and lay.cell_of(127) == (0, 0) and lay.cell_of(0) == divmod(127, lay.cols)
     # per channel: every tile reaches both ends of the colormap
-    table = M.lut("viridis")
+    table = T.lut("viridis")
     first = rgb[: lay.tile, : lay.tile]
     assert (first == table[0]).all(axis=2).any() and (first == table[255]).all(axis=2).any()
     assert (rgb[lay.tile, 0] == 255).all()  # the gap row is white
@@ -64,7 +65,7 @@ def test_channel_grid_small_maps_are_enlarged_within_width():
 def test_channel_grid_shared_scale_compares_channels():
     maps = np.stack([np.full((5, 5), 1.0), np.full((5, 5), 3.0)]).astype(np.float32)
     rgb, lay = M.channel_grid(maps, normalise="shared", vrange=(0.0, 3.0))
-    table = M.lut("viridis")
+    table = T.lut("viridis")
     assert (rgb[0, 0] == table[85]).all() and (rgb[0, -1] == table[255]).all()
     with pytest.raises(ValueError, match="normalise"):
         M.channel_grid(maps, normalise="global")
@@ -73,7 +74,7 @@ def test_channel_grid_shared_scale_compares_channels():
 def test_tiles_share_one_symmetric_scale():
     out = M.tiles([np.full((4, 4), -2.0), np.full((4, 4), 1.0)], side=40)
     assert [t.shape for t in out] == [(40, 40, 3), (40, 40, 3)]
-    table = M.lut("RdBu_r")
+    table = T.lut("RdBu_r")
     assert (out[0][0, 0] == table[0]).all() and (out[1][0, 0] == table[191]).all()
 
 
@@ -96,19 +97,19 @@ def test_channel_figure_sends_a_picture_not_pixels():
 def test_overlay_blends():
     photo = np.full((30, 30, 3), 100, np.uint8)
     values = rng.random((5, 5)).astype(np.float32)
-    assert (M.overlay(photo, values, alpha=0.0) == 100).all()
-    full = M.overlay(photo, values, alpha=1.0)
+    assert (T.overlay(photo, values, alpha=0.0) == 100).all()
+    full = T.overlay(photo, values, alpha=1.0)
     assert full.shape == (30, 30, 3) and full.dtype == np.uint8 and not (full == 100).all()
     with pytest.raises(ValueError, match="alpha"):
-        M.overlay(photo, values, alpha=1.5)
+        T.overlay(photo, values, alpha=1.5)
 
 
 def test_png_bytes_round_trip():
     rgb = rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)
-    back = np.asarray(Image.open(io.BytesIO(M.png_bytes(rgb))))
+    back = np.asarray(Image.open(io.BytesIO(T.png_bytes(rgb))))
     assert np.array_equal(back, rgb)
     with pytest.raises(ValueError, match="uint8"):
-        M.png_bytes(rgb.astype(np.float32))
+        T.png_bytes(rgb.astype(np.float32))
 
 
 def test_size_strip_and_architecture_diagram(kitchenware):
@@ -139,8 +140,8 @@ def test_busiest_views_fit_the_payload_budget(cap299, kitchenware):
     rv = flows.residual_view(cap, "block2")
     tiles = M.tiles([rv.input[0], rv.branch[0], rv.shortcut[0], rv.total[0]], side=200)
     strip = M.size_strip(flows.size_stages(flows.layer_table(kitchenware, 299), 299))
-    feature_maps = (len(M.png_bytes(grid)) + M.figure_bytes(fig) + M.figure_bytes(strip)
-                    + sum(len(M.png_bytes(t)) for t in tiles))
+    feature_maps = (len(T.png_bytes(grid)) + M.figure_bytes(fig) + M.figure_bytes(strip)
+                    + sum(len(T.png_bytes(t)) for t in tiles))
     assert feature_maps <= VIEW_BUDGET, feature_maps
 
     anat = flows.separable_anatomy(kitchenware, cap, "block2_sepconv2")
@@ -151,5 +152,5 @@ def test_busiest_views_fit_the_payload_budget(cap299, kitchenware):
              M.channel_grid(anat.pointwise, flows.channel_order(anat.pointwise, "mean")[:128])[0]]
     con = flows.pointwise_contributions(anat, 0, k=12)
     tiles = M.tiles(list(con.top_maps), side=112) + M.tiles([con.rest, con.reconstruction, con.output], side=112)
-    separable = sum(len(M.png_bytes(g)) for g in grids) + sum(len(M.png_bytes(t)) for t in tiles)
+    separable = sum(len(T.png_bytes(g)) for g in grids) + sum(len(T.png_bytes(t)) for t in tiles)
     assert separable <= VIEW_BUDGET, separable

@@ -1,20 +1,19 @@
 """Figures of attribution maps: overlays, raw heatmaps, the trust curves, grids and PNG files.
 
-Pure functions: arrays in, numpy RGB / plotly figures / bytes out. Heatmaps go out as images,
-never as per-pixel plotly JSON (a 299x299 heatmap trace is 89k numbers on every rerun).
+Pure functions: arrays in, numpy RGB / plotly figures / bytes out; colours, blending and encoding
+come from :mod:`xviz.figures.toolkit`. Heatmaps go out as images, never as per-pixel plotly JSON (a
+299x299 heatmap trace is 89k numbers on every rerun).
 """
 
 from __future__ import annotations
 
-import io
 import re
 
 import numpy as np
 import plotly.graph_objects as go
-from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
+from PIL import Image, ImageDraw, ImageFont
 
-COLORMAPS = ("jet", "turbo", "inferno", "viridis", "magma", "gray")  # for maps >= 0
-SIGNED_COLORMAP = "RdBu_r"  # diverging, white at 0: red for evidence for, blue against
+from .toolkit import SIGNED_COLORMAP, colorize, overlay, resize, rgb_array
 
 
 def _array(heat) -> np.ndarray:
@@ -40,43 +39,17 @@ def normalise(heat, *, signed: bool = False, percentile: float = 100.0) -> np.nd
     return np.clip(arr / scale, -1.0 if signed else 0.0, 1.0)
 
 
-def colorize(norm: np.ndarray, cmap: str = "jet", *, signed: bool = False) -> np.ndarray:
-    """(H, W) in [0, 1] (or [-1, 1] if ``signed``) -> (H, W, 3) uint8 through a matplotlib colormap."""
-    from matplotlib import colormaps
-
-    values = (np.asarray(norm) + 1.0) / 2.0 if signed else np.asarray(norm)
-    rgba = colormaps[cmap](np.clip(values, 0.0, 1.0))  # (H, W) -> (H, W, 4) floats
-    return (rgba[..., :3] * 255.0 + 0.5).astype(np.uint8)
-
-
-def _rgb(image) -> np.ndarray:
-    if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
-    arr = np.asarray(image)
-    if arr.ndim != 3 or arr.shape[2] != 3:
-        raise ValueError(f"expected an (H, W, 3) RGB image, got shape {arr.shape}")
-    return arr.astype(np.uint8)
-
-
-def _resized(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resample an (H, W) float map to (height, width), bilinearly."""
-    if arr.shape == size:
-        return arr
-    img = Image.fromarray(arr.astype(np.float32), "F").resize((size[1], size[0]), Image.BILINEAR)
-    return np.asarray(img)
-
-
 def heatmap_image(heat, *, cmap: str = "jet", signed: bool = False, percentile: float = 100.0,
                   size: int | None = None) -> np.ndarray:
     """The raw map as an RGB picture, optionally resized to ``size`` x ``size`` (bilinear)."""
     norm = normalise(heat, signed=signed, percentile=percentile)
     if size is not None:
-        norm = _resized(norm, (size, size))
-    return colorize(norm, SIGNED_COLORMAP if signed else cmap, signed=signed)
+        norm = resize(norm, (size, size))
+    return colorize(norm, -1.0 if signed else 0.0, 1.0, SIGNED_COLORMAP if signed else cmap)
 
 
-def overlay(image, heat, *, alpha: float = 0.5, cmap: str = "jet", signed: bool = False,
-            percentile: float = 100.0, fade: bool | None = None) -> np.ndarray:
+def heatmap_overlay(image, heat, *, alpha: float = 0.5, cmap: str = "jet", signed: bool = False,
+                    percentile: float = 100.0, fade: bool | None = None) -> np.ndarray:
     """The map coloured and blended over the picture: ``(1 - a) * image + a * colour``.
 
     ``image`` is the picture the model saw (PIL or (H, W, 3) uint8); the map is resized to it.
@@ -84,15 +57,11 @@ def overlay(image, heat, *, alpha: float = 0.5, cmap: str = "jet", signed: bool 
     ``a = alpha * |value|``, so pixels the map calls irrelevant show the photo untouched. ``fade``
     defaults to ``signed``: a diverging scale is white at zero and would bleach the whole photo.
     """
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be between 0 and 1, got {alpha}")
     fade = signed if fade is None else fade
-    rgb = _rgb(image)
-    norm = _resized(normalise(heat, signed=signed, percentile=percentile), rgb.shape[:2])
-    colour = colorize(norm, SIGNED_COLORMAP if signed else cmap, signed=signed).astype(np.float32)
-    a = alpha * np.abs(norm)[..., None] if fade else alpha  # (H, W, 1) per-pixel weight, or a scalar
-    out = (1.0 - a) * rgb.astype(np.float32) + a * colour
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    rgb = rgb_array(image)
+    norm = resize(normalise(heat, signed=signed, percentile=percentile), rgb.shape[:2])
+    return overlay(rgb, norm, cmap=SIGNED_COLORMAP if signed else cmap, alpha=alpha, vmin=-1.0 if signed else 0.0,
+                   vmax=1.0, weight=np.abs(norm) if fade else None)
 
 
 def side_by_side(images: list[np.ndarray], titles: list[str] | None = None, *, columns: int | None = None,
@@ -100,7 +69,7 @@ def side_by_side(images: list[np.ndarray], titles: list[str] | None = None, *, c
     """Pictures side by side (same size each), a caption above each: one (H, W, 3) uint8 image."""
     if not images:
         raise ValueError("side_by_side needs at least one image")
-    arrays = [_rgb(im) for im in images]
+    arrays = [rgb_array(im) for im in images]
     h, w = arrays[0].shape[:2]
     arrays = [a if a.shape[:2] == (h, w) else np.asarray(Image.fromarray(a).resize((w, h))) for a in arrays]
     titles = list(titles or [""] * len(arrays))
@@ -134,16 +103,6 @@ def png_filename(settings: dict) -> str:
         parts.append(f"{key}-{value}")
     name = "_".join(re.sub(r"[^A-Za-z0-9._+-]+", "-", str(p)).strip("-") for p in parts)
     return name[:200] + ".png"
-
-
-def png_bytes(rgb, settings: dict | None = None) -> bytes:
-    """PNG file of an RGB picture; the settings are also stored as PNG text chunks."""
-    info = PngImagePlugin.PngInfo()
-    for key, value in (settings or {}).items():
-        info.add_text(f"xviz:{key}", str(value))
-    buf = io.BytesIO()
-    Image.fromarray(_rgb(rgb)).save(buf, format="PNG", pnginfo=info)
-    return buf.getvalue()
 
 
 def deletion_figure(curve, title: str = "") -> go.Figure:

@@ -1,18 +1,16 @@
 """Figures of the feature-map, separable-convolution and architecture views. Pure: arrays in,
 uint8 RGB arrays / plotly figures / PNG bytes out; no Streamlit.
 
-Pictures of activations go to the browser as encoded images (PNG), never as per-pixel plotly
-JSON: a 147×147×64 layer as a heatmap would be 1.4 M numbers. Hover values come from a coarse,
-invisible grid of at most ``hover_cells``² numbers laid over the picture.
+Colours and encodings come from :mod:`xviz.figures.toolkit`. Pictures of activations go to the
+browser as encoded images (PNG), never as per-pixel plotly JSON: a 147×147×64 layer as a heatmap
+would be 1.4 M numbers. Hover values come from a coarse, invisible grid of at most ``hover_cells``²
+numbers laid over the picture.
 """
 
 from __future__ import annotations
 
-import base64
-import io
 import math
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
@@ -21,53 +19,17 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .toolkit import colorize, data_uri, lut, overlay, plotly_colorscale, to_unit
+
 NORMALISATIONS = {
     "channel": "per channel: each map stretched from its own minimum to its own maximum",
     "shared": ("shared: one scale for all the channels shown (their 0.5th to 99.5th percentile, so a "
                "few extreme pixels don't wash the rest out): bright means strong, in every tile"),
 }
-COLORMAPS = ("viridis", "magma", "cividis", "gray")
 GAP_COLOUR = 255  # white gaps between the tiles of a grid
 
 
-# -- colour -------------------------------------------------------------------------------------
-
-@lru_cache(maxsize=16)
-def lut(cmap: str = "viridis") -> np.ndarray:
-    """(256, 3) uint8 lookup table of a matplotlib colormap (matplotlib only samples it once)."""
-    from matplotlib import colormaps  # imported here: matplotlib is slow to import, lookups are rare
-
-    try:
-        colours = colormaps[cmap](np.linspace(0.0, 1.0, 256))[:, :3]
-    except KeyError:
-        raise ValueError(f"unknown colormap {cmap!r}; try one of {', '.join(COLORMAPS)}") from None
-    table = (colours * 255.0 + 0.5).astype(np.uint8)
-    table.flags.writeable = False
-    return table
-
-
-def plotly_colorscale(cmap: str = "viridis", steps: int = 11) -> list[list]:
-    """The same colormap as a plotly colorscale, for colour bars."""
-    table = lut(cmap)
-    idx = np.linspace(0, 255, steps).round().astype(int)
-    return [[i / (steps - 1), f"rgb({table[j, 0]},{table[j, 1]},{table[j, 2]})"] for i, j in enumerate(idx)]
-
-
-def to_unit(a: np.ndarray, vmin, vmax) -> np.ndarray:
-    """Scale to [0, 1] (``vmin``/``vmax`` scalars or broadcastable arrays); a flat map becomes 0."""
-    span = np.asarray(vmax, dtype=np.float32) - np.asarray(vmin, dtype=np.float32)
-    span = np.where(span > 0, span, 1.0)
-    return np.clip((a - vmin) / span, 0.0, 1.0)
-
-
-def colorize(a: np.ndarray, vmin: float | None = None, vmax: float | None = None,
-             cmap: str = "viridis") -> np.ndarray:
-    """(H, W) values -> (H, W, 3) uint8 through the colormap; default range: the map's own."""
-    a = np.asarray(a, dtype=np.float32)
-    vmin = float(a.min()) if vmin is None else vmin
-    vmax = float(a.max()) if vmax is None else vmax
-    return lut(cmap)[(to_unit(a, vmin, vmax) * 255.0 + 0.5).astype(np.uint8)]
-
+# -- colour ranges --------------------------------------------------------------------------------
 
 def robust_range(a: np.ndarray, q: float = 0.5) -> tuple[float, float]:
     """(q-th, (100-q)-th) percentile of the values, from at most ~1 M of them (an even subsample)."""
@@ -211,23 +173,6 @@ def _fit(shape: tuple[int, int], side: int) -> tuple[int, int]:
 
 # -- one channel, enlarged ----------------------------------------------------------------------
 
-def overlay(image: np.ndarray, values: np.ndarray, *, cmap: str = "viridis", alpha: float = 0.55,
-            vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
-    """The map, smoothly upsampled to the image, coloured and blended over it: (S, S, 3) uint8.
-
-    Spatial alignment is approximate: a map pixel stands for the centre of its receptive field.
-    """
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be within [0, 1], got {alpha}")
-    h, w = image.shape[:2]
-    values = np.asarray(values, dtype=np.float32)
-    big = np.asarray(Image.fromarray(values, mode="F").resize((w, h), Image.BILINEAR))
-    vmin = float(values.min()) if vmin is None else vmin
-    vmax = float(values.max()) if vmax is None else vmax
-    colour = colorize(big, vmin, vmax, cmap).astype(np.float32)
-    return (alpha * colour + (1 - alpha) * image.astype(np.float32) + 0.5).astype(np.uint8)
-
-
 def channel_picture(values: np.ndarray, *, cmap: str = "viridis", side: int = 420,
                     image: np.ndarray | None = None, alpha: float = 0.55,
                     vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
@@ -282,50 +227,7 @@ def channel_figure(values: np.ndarray, *, title: str = "", cmap: str = "viridis"
     return fig
 
 
-# -- encodings ----------------------------------------------------------------------------------
-
-def png_bytes(rgb: np.ndarray) -> bytes:
-    """PNG file bytes of an (H, W, 3) or (H, W) uint8 array (for st.download_button)."""
-    if rgb.dtype != np.uint8:
-        raise ValueError(f"expected uint8 pixels, got {rgb.dtype}")
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG", compress_level=3)  # on these maps: smallest and ~2x faster than 6
-    return buf.getvalue()
-
-
-PHOTO_QUALITY = 88  # JPEG quality of photos and overlays on photos: no visible loss at a fraction of PNG's bytes
-
-
-def jpeg_bytes(picture, quality: int = PHOTO_QUALITY, max_side: int | None = None) -> bytes:
-    """JPEG file bytes of a photo-like picture (an (H, W, 3) uint8 array or a PIL image), shrunk to
-    ``max_side`` pixels if larger.
-
-    For photos and heatmaps over photos, where PNG is ~8x larger for no visible gain. Sent as bytes,
-    ``st.image`` passes them through; given an array or a PIL image it would encode a JPEG at
-    quality 100 on every rerun (Streamlit's default: ~2.5x the bytes of quality 88).
-    """
-    img = Image.fromarray(_rgb_uint8(picture)) if isinstance(picture, np.ndarray) else picture.convert("RGB")
-    if max_side and max(img.size) > max_side:
-        img = img.copy()
-        img.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=quality)
-    return buf.getvalue()
-
-
-def _rgb_uint8(rgb: np.ndarray) -> np.ndarray:
-    if rgb.dtype != np.uint8:
-        raise ValueError(f"expected uint8 pixels, got {rgb.dtype}")
-    return rgb
-
-
-def data_uri(rgb: np.ndarray, photo: bool = False) -> str:
-    """Inline image for a plotly Image trace: PNG (exact colours), or JPEG for photo-like
-    overlays, where PNG would be ~8x larger for no visible gain."""
-    if not photo:
-        return "data:image/png;base64," + base64.b64encode(png_bytes(rgb)).decode("ascii")
-    return "data:image/jpeg;base64," + base64.b64encode(jpeg_bytes(rgb)).decode("ascii")
-
+# -- what a figure costs to send -------------------------------------------------------------------
 
 def figure_bytes(fig: go.Figure) -> int:
     """Size of a figure as sent to the browser (its JSON), in bytes."""

@@ -148,9 +148,9 @@ def top_classes(sel: Selection, k: int) -> list[tuple[int, str, float]]:
 def photo_jpeg(sel: Selection) -> bytes:
     """The photo as shown beside the model's input: JPEG at most 1024 px wide or high, encoded once
     per image (``st.image`` of the PIL image would encode it at quality 100 on every rerun)."""
-    from xviz.figures import maps
+    from xviz.figures import toolkit
 
-    return maps.jpeg_bytes(sel.image, max_side=1024)
+    return toolkit.jpeg_bytes(sel.image, max_side=1024)
 
 
 def sha256(data: bytes) -> str:
@@ -255,11 +255,11 @@ def channel_grid(sel: Selection, layer: str, sort: str, normalise: str, cmap: st
 @st.cache_data(show_spinner=False, max_entries=32, hash_funcs=BY_KEY)
 def _channel_grid(sel: Selection, layer: str, sort: str, normalise: str, cmap: str, count: int, min_tile: int,
                   _cap, _order):
-    from xviz.figures import maps
+    from xviz.figures import maps, toolkit
 
     rgb, layout = maps.channel_grid(_cap.map(layer), _order[:count], normalise=normalise, cmap=cmap,
                                     min_tile=min_tile)
-    return maps.png_bytes(rgb), layout
+    return toolkit.png_bytes(rgb), layout
 
 
 @st.cache_data(show_spinner=False, max_entries=8, hash_funcs=BY_KEY)

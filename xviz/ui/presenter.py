@@ -6,11 +6,11 @@ import streamlit as st
 
 from xviz.ui.state import PRESENTER
 
-# (screen, projector) colour scales. A projector washes out contrast and shifts hues; scales whose
-# lightness rises steadily keep their order when that happens. jet's brightest colours sit mid-scale,
-# so a washed-out jet no longer says which end is high; cividis also reads the same to red-green
-# colour-blind viewers (about 1 boy in 12).
-COLORMAPS = {"maps": ("viridis", "cividis"), "heat": ("jet", "inferno")}
+# (screen, projector) colour scales per kind of picture, from xviz.figures.toolkit.COLORMAPS. A
+# projector washes out contrast and shifts hues; scales whose lightness rises steadily keep their
+# order when that happens. jet's brightest colours sit mid-scale, so a washed-out jet no longer says
+# which end is high; cividis also reads the same to red-green colour-blind viewers (about 1 boy in 12).
+DEFAULT_COLORMAPS = {"maps": ("viridis", "cividis"), "heat": ("jet", "inferno")}
 
 # Streamlit sizes its text in rem of the root font (16 px): raising the root scales all of it, and
 # body text gets a further step, for the back row.
@@ -40,9 +40,9 @@ def presenter() -> bool:
 
 def colormap(kind: str = "maps") -> str:
     """The colour scale views use for ``kind`` ("maps": activations, "heat": attribution heatmaps)."""
-    if kind not in COLORMAPS:
-        raise ValueError(f"unknown colour-scale kind {kind!r}; use one of {', '.join(COLORMAPS)}")
-    return COLORMAPS[kind][presenter()]
+    if kind not in DEFAULT_COLORMAPS:
+        raise ValueError(f"unknown colour-scale kind {kind!r}; use one of {', '.join(DEFAULT_COLORMAPS)}")
+    return DEFAULT_COLORMAPS[kind][presenter()]
 
 
 def presenter_sidebar():

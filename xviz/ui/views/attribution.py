@@ -22,7 +22,7 @@ def view_attribution(sel: Selection, target: int, *, method: str = "gradcam", la
 
     from xviz import attributions as A
     from xviz.figures import attribution as F
-    from xviz.figures import maps as M
+    from xviz.figures import toolkit as T
 
     model, size = sel.model, sel.model.input_size
     layer, options = layer or A.DEFAULT_LAYER, options or {}
@@ -33,7 +33,7 @@ def view_attribution(sel: Selection, target: int, *, method: str = "gradcam", la
         view = c0.radio("View", ["Overlay", "Heatmap only"], horizontal=True, key=f"{key}_view")
         alpha = c1.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05, key=f"{key}_alpha", disabled=view != "Overlay")
         if not presenter():
-            cmap = c2.selectbox("Colours", F.COLORMAPS, key=f"{key}_cmap")
+            cmap = c2.selectbox("Colours", T.COLORMAPS, T.COLORMAPS.index(cmap), key=f"{key}_cmap")
     shapes = {r.name: r for r in layer_table(model)}
     # the picture the model saw, cropped the same way but drawn at a readable size (not upscaled pixels)
     shown_size = max(size, 448)
@@ -45,7 +45,7 @@ def view_attribution(sel: Selection, target: int, *, method: str = "gradcam", la
         m = A.METHODS[name]
         look = dict(cmap=cmap, signed=m.signed, percentile=100.0 if m.uses_layer else 99.5)
         # pixel-level maps are sparse: let their near-zero pixels show the photo (fade)
-        return (F.overlay(seen, heat, alpha=alpha, fade=m.signed or not m.uses_layer, **look) if view == "Overlay"
+        return (F.heatmap_overlay(seen, heat, alpha=alpha, fade=m.signed or not m.uses_layer, **look) if view == "Overlay"
                 else F.heatmap_image(heat, size=shown_size, **look))
 
     label = model.labels[target]
@@ -57,7 +57,7 @@ def view_attribution(sel: Selection, target: int, *, method: str = "gradcam", la
                + (". Red: evidence for the class, blue: against." if any(A.METHODS[n].signed for n in chosen)
                   else "."))
     pic, note = (st.container(), st.container()) if compare else st.columns([3, 2])
-    pic.image(M.jpeg_bytes(image), width="stretch", caption=caption)
+    pic.image(T.jpeg_bytes(image), width="stretch", caption=caption)
     if spec.uses_layer and layer in shapes:
         note.markdown(f"**How to read it.** Warm colours: places that raised the score of **{label}**; cold: "
                       f"little or nothing. {spec.title} is computed on the {shapes[layer].height}×"
@@ -76,7 +76,7 @@ def view_attribution(sel: Selection, target: int, *, method: str = "gradcam", la
         settings = {"method": "+".join(chosen), "layer": layer, "class": label, "view": view.split()[0],
                     "alpha": alpha, "cmap": cmap, "size": size, "image": sel.image_key[:8]}
         # encoded on click only (a callable), not on every rerun of the page
-        note.download_button("Download this picture (PNG)", lambda: F.png_bytes(image, settings),
+        note.download_button("Download this picture (PNG)", lambda: T.png_bytes(image, settings),
                              F.png_filename(settings), "image/png", key=f"{key}_png")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from xviz.figures.toolkit import COLORMAPS
 from xviz.ui.cache import channel_grid, flow_capture, layer_summary, layer_table
 from xviz.ui.presenter import colormap, presenter, projected
 from xviz.ui.state import Selection
@@ -74,7 +75,7 @@ def view_channel_grid(sel: Selection, layer: str, *, key: str = "fm", controls: 
                                format_func=lambda k: {"channel": "per channel", "shared": "shared"}[k],
                                help=" · ".join(M.NORMALISATIONS.values()))
         if not presenter():
-            cmap = g[2].selectbox("Colours", M.COLORMAPS, key=f"{key}_cmap")
+            cmap = g[2].selectbox("Colours", COLORMAPS, COLORMAPS.index(cmap), key=f"{key}_cmap")
         count = g[3].slider("Channels shown", 1, info.channels, min(info.channels, 128), key=f"{key}_count")
     # small maps (9×9) are enlarged by whole pixels here, crisply: left to the browser they'd be
     # stretched to the caption's width and blurred

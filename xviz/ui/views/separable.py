@@ -21,6 +21,7 @@ def view_separable(sel: Selection, name: str, *, key: str = "sep", controls: boo
 
     from xviz import flows
     from xviz.figures import maps as M
+    from xviz.figures import toolkit as T
 
     heading = heading or st.header
     model, size = sel.model, sel.model.input_size
@@ -41,7 +42,7 @@ def view_separable(sel: Selection, name: str, *, key: str = "sep", controls: boo
     grid_k, _ = M.channel_grid(anat.kernels[:n], normalise="shared", cmap="RdBu_r", max_width=200,
                                vrange=M.symmetric_range(anat.kernels[:n]), min_tile=30, gap_colour=200)
     grid_dw, _ = M.channel_grid(anat.depthwise[:n], cmap=cmap, max_width=400, min_tile=56)
-    grid_in, grid_k, grid_dw = M.png_bytes(grid_in), M.png_bytes(grid_k), M.png_bytes(grid_dw)
+    grid_in, grid_k, grid_dw = T.png_bytes(grid_in), T.png_bytes(grid_k), T.png_bytes(grid_dw)
     cols[0].image(grid_in, caption=f"input channels 0–{n - 1} ({anat.info.input})")
     cols[1].image(grid_k, caption="their 3×3 kernels (blue −, red +)")
     cols[2].image(grid_dw, caption=f"depthwise maps 0–{n - 1}: same order, same count")
@@ -61,7 +62,7 @@ def view_separable(sel: Selection, name: str, *, key: str = "sep", controls: boo
     order = flows.channel_order(anat.pointwise, "mean")
     shown = min(cout, 128 if controls else 64)
     grid_pw, layout_pw = M.channel_grid(anat.pointwise, order[:shown], cmap=cmap, min_tile=64)
-    grid_pw = M.png_bytes(grid_pw)
+    grid_pw = T.png_bytes(grid_pw)
     st.image(grid_pw, width=grid_width(layout_pw), caption=f"{shown} of the {cout} pointwise outputs, highest mean first ({cin * cout:,} weights)")
     if show_downloads:
         st.download_button("Download pointwise maps (PNG)", grid_pw, f"{name}_pointwise.png", "image/png",
