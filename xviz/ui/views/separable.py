@@ -9,6 +9,7 @@ from xviz.ui.presenter import colormap, presenter
 from xviz.ui.state import Selection
 from xviz.ui.views.flows import grid_width
 
+
 def view_separable(sel: Selection, name: str, *, key: str = "sep", controls: bool = True, bn: bool = True,
                    heading=None) -> None:
     """Separable conv ``name`` opened up on the current image: depthwise, pointwise (its sum checked)
@@ -17,22 +18,33 @@ def view_separable(sel: Selection, name: str, *, key: str = "sep", controls: boo
     Without ``controls``: 12 input channels (8 in presenter mode), channel 0 checked, the output
     channel with the highest mean taken apart into its 6 largest contributions.
     """
+    from xviz import flows
+
+    heading = heading or st.header
+    cap = flow_capture(sel)
+    anat = flows.separable_anatomy(sel.model, cap, name)
+    (h, w) = anat.pointwise.shape[1:]
+    st.caption(f"Reads `{anat.info.input}` ({h}×{w}×{anat.in_channels}) and writes {h}×{w}×{anat.out_channels}. "
+               "Maps are stored as float16 for display; the checks below allow for that rounding.")
+    downloads = controls and not presenter()
+    heading("1 · Depthwise: one 3×3 filter per input channel")
+    _depthwise(anat, name, key=key, controls=controls, downloads=downloads)
+    heading("2 · Pointwise: every output mixes all depthwise maps")
+    o, con = _pointwise(anat, name, key=key, controls=controls, downloads=downloads)
+    if bn:
+        heading("3 · Batch normalisation, then ReLU")
+        _batchnorm(anat, cap, o, con)
+
+
+def _depthwise(anat, name: str, *, key: str, controls: bool, downloads: bool) -> None:
+    """Input channels, their 3x3 kernels and the depthwise maps side by side; one map recomputed."""
     import numpy as np
 
     from xviz import flows
     from xviz.figures import maps as M
     from xviz.figures import toolkit as T
 
-    heading = heading or st.header
-    model, size = sel.model, sel.model.input_size
-    cap = flow_capture(sel)
-    cmap, show_downloads = colormap("maps"), controls and not presenter()
-    anat = flows.separable_anatomy(model, cap, name)
-    cin, cout, (h, w) = anat.in_channels, anat.out_channels, anat.pointwise.shape[1:]
-    st.caption(f"Reads `{anat.info.input}` ({h}×{w}×{cin}) and writes {h}×{w}×{cout}. Maps are stored as "
-               "float16 for display; the checks below allow for that rounding.")
-
-    heading("1 · Depthwise: one 3×3 filter per input channel")
+    cin, cmap = anat.in_channels, colormap("maps")
     st.latex(r"D_c = K_c \ast X_c \qquad c = 1,\dots," + str(cin))
     n = min(cin, 8 if presenter() else 12)
     if controls:
@@ -51,20 +63,29 @@ def view_separable(sel: Selection, name: str, *, key: str = "sep", controls: boo
     st.caption(f"Depthwise map {c} recomputed from input channel {c} and kernel {c} **alone**: max difference "
                f"{err:.2g} (values up to {np.abs(anat.depthwise[c]).max():.3g}). {cin} input channels give "
                f"exactly {anat.depthwise.shape[0]} depthwise maps, using {cin * 9:,} weights.")
-    if show_downloads:
+    if downloads:
         for col, (img, label) in zip(st.columns(3), [(grid_in, "inputs"), (grid_k, "kernels"),
                                                      (grid_dw, "depthwise")]):
             col.download_button(f"Download {label} (PNG)", img, f"{name}_{label}.png", "image/png",
                                 key=f"{key}_{label}_png")
 
-    heading("2 · Pointwise: every output mixes all depthwise maps")
+
+def _pointwise(anat, name: str, *, key: str, controls: bool, downloads: bool):
+    """The pointwise outputs, and one output channel taken apart into its largest contributions,
+    their sum checked against the network's own output. Returns (that channel, its contributions)."""
+    from xviz import flows
+    from xviz.figures import maps as M
+    from xviz.figures import toolkit as T
+
+    cin, cout, cmap = anat.in_channels, anat.out_channels, colormap("maps")
     st.latex(r"Y_o = \sum_{c=1}^{" + str(cin) + r"} W_{o,c}\, D_c \qquad o = 1,\dots," + str(cout))
     order = flows.channel_order(anat.pointwise, "mean")
     shown = min(cout, 128 if controls else 64)
     grid_pw, layout_pw = M.channel_grid(anat.pointwise, order[:shown], cmap=cmap, min_tile=64)
     grid_pw = T.png_bytes(grid_pw)
-    st.image(grid_pw, width=grid_width(layout_pw), caption=f"{shown} of the {cout} pointwise outputs, highest mean first ({cin * cout:,} weights)")
-    if show_downloads:
+    st.image(grid_pw, width=grid_width(layout_pw),
+             caption=f"{shown} of the {cout} pointwise outputs, highest mean first ({cin * cout:,} weights)")
+    if downloads:
         st.download_button("Download pointwise maps (PNG)", grid_pw, f"{name}_pointwise.png", "image/png",
                            key=f"{key}_pointwise_png")
 
@@ -90,10 +111,15 @@ def view_separable(sel: Selection, name: str, *, key: str = "sep", controls: boo
         st.success(verdict + " Equal within float16 storage rounding ✓")
     else:
         st.error(verdict + " Larger than float16 rounding allows ✗")
-    if not bn:
-        return
+    return o, con
 
-    heading("3 · Batch normalisation, then ReLU")
+
+def _batchnorm(anat, cap, o: int, con) -> None:
+    """BN of output channel ``o`` with its own numbers, then the ReLU that follows (if one does)."""
+    import numpy as np
+
+    from xviz.figures import maps as M
+
     p = anat.bn
     st.latex(r"\mathrm{BN}(Y_o) = \gamma_o\,\frac{Y_o-\mu_o}{\sqrt{\sigma_o^2+\varepsilon}}+\beta_o"
              rf" = {p.gamma[o]:.3f}\cdot\frac{{Y_{{{o}}} - ({p.mean[o]:.3f})}}{{\sqrt{{{p.var[o]:.4f} + {p.eps:g}}}}}"
