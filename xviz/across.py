@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from . import zoo
-from .accounting import _positive, network_ledger, totals
+from .accounting import network_ledger, totals
+from .accounting.layer import _positive
 from .device import describe
 
 if TYPE_CHECKING:
