@@ -34,9 +34,11 @@ import torch
 from torch import nn
 
 from ..model import Xception, XceptionConfig
-from .classic import VGG16, InceptionV3, ResNet50
-from .layers import BatchNorm2dNoScale, Conv2dSame, bn, conv, depthwise, make_divisible
-from .mobile import EFFICIENTNET_SCALING, EfficientNet, MobileNet, MobileNetV2
+from .classic import (INCEPTION_V3_MIXED, RESNET50_STAGES, RESNET_EPS, VGG16, VGG16_BLOCKS, AvgPoolSame,  # noqa: F401
+                      Bottleneck, ConvBN, InceptionV3, Mixed, ResNet50)
+from .layers import BatchNorm2dNoScale, Conv2dSame, bn, conv, depthwise, make_divisible  # noqa: F401
+from .mobile import (EFFICIENTNET_B0_BLOCKS, EFFICIENTNET_SCALING, MOBILENET_BLOCKS, MOBILENET_V2_SETTINGS,  # noqa: F401
+                     SE_RATIO, EfficientNet, InvertedResidual, MBConv, MobileNet, MobileNetV2)
 
 
 @dataclass(frozen=True)
