@@ -43,7 +43,6 @@ class Selection:
 
     model: xviz.LoadedModel
     image: Image.Image
-    image_bytes: bytes
     image_key: str  # sha256 of the image bytes
     image_name: str
 
@@ -173,7 +172,7 @@ def current() -> Selection:
         st.info("Choose an image in the sidebar to begin.")
         st.stop()
     key = cache.sha256(data)
-    return Selection(model, cache.decode_image(key, data), data, key, st.session_state.get(IMAGE_NAME, "image"))
+    return Selection(model, cache.decode_image(key, data), key, st.session_state.get(IMAGE_NAME, "image"))
 
 
 def ensure_frame() -> None:
