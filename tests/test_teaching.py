@@ -193,7 +193,10 @@ def test_export_round_trip_gives_identical_predictions(taught, photos, tmp_path)
     assert "a head taught in xviz" in loaded.source
     for photo_id in HELD_OUT:
         x = taught.preprocess(photos[photo_id])
-        assert torch.equal(loaded.logits(x), taught.logits(x))
+        # the file's model answers from its fused copy once that is packed in the background, the
+        # taught one eagerly: the two agree to ~1e-6 (issue 12), not bit for bit; the weights
+        # themselves are compared exactly below
+        assert rel_err(loaded.logits(x), taught.logits(x)) <= 1e-5
     assert paths[1].read_text().splitlines() == taught.labels
     # with the labels file as the sidebar's upload gives it; and the bytes the app offers are the file
     again = xviz.load_model(paths[0], labels=paths[1])
