@@ -58,6 +58,7 @@ BUDGETS = [("wall_s", None, None, 12.0), ("open", "open", "p95_s", 1.0),
            ("errors", None, None, 0), ("peak_rss_gb", None, None, 2.0), ("blind_sessions", None, None, 0)]
 # the costly refusals first, so a class of 30 (6 bad uploads) meets all of them
 BAD_FIRST = ("over_byte_limit", "bomb_png", "over_pixel_limit", "header_bomb_png", "zip_as_jpg", "truncated_jpeg")
+STARTS_EMPTY = {"teach": ("alert",)}  # a page with nothing to draw before the student adds something: its prompt
 HEAVY_PAGES = {"feature maps": ("feature_maps", "feature"), "grad-cam": ("gradcam", "grad_cam", "grad")}
 
 
@@ -143,7 +144,7 @@ async def student(url: str, index: int, photo: tuple[str, bytes], pages: list[tu
         if not any("sure this is" in t for t in result.texts("markdown")):
             log.errors.append("upload + predict: no prediction sentence")
         for step, path in pages:
-            check(await session.rerun(page=path), step, log, need=("imgs", "plotly_chart"))
+            check(await session.rerun(page=path), step, log, need=STARTS_EMPTY.get(path, ("imgs", "plotly_chart")))
     except (ClientError, OSError, asyncio.TimeoutError) as exc:
         log.errors.append(f"{type(exc).__name__}: {exc}")
     finally:
@@ -161,8 +162,9 @@ async def run_class(url: str, n: int, all_pages: bool) -> tuple[list[SessionLog]
     available = dict(teacher.pages)
     await teacher.close()
 
-    if all_pages:
-        pages = [(p, p) for p in available if p]  # "" is the landing page, visited already
+    if all_pages:  # "" is the landing page, visited already; the heavy pages' steps keep their budgets' names
+        heavy = {find_page(available, hints): step for step, hints in HEAVY_PAGES.items()}
+        pages = [(heavy.get(p, p), p) for p in available if p]
     else:
         pages, missing = [], []
         for step, hints in HEAVY_PAGES.items():

@@ -25,6 +25,12 @@ collections still reclaim cycles, but only among objects made since: memory stay
 
 import gc
 
+# The core imports pandas lazily (xviz.accounting, xviz.across) so `import xviz` stays light. Thirty
+# sessions opening a table page at once then imported it for the first time in several script
+# threads, and one got "partially initialized module 'pandas' has no attribute 'Series'"
+# (bench/load_test.py --all-pages): the app imports it here, once, before any page runs.
+import pandas  # noqa: F401
+
 # what pages/* and app.py call
 from xviz.ui.cache import (architecture, configure_torch, efficientnet_scaling, flow_capture, layer_summary,
                            layer_table, ledger, predictions, tour_facts, zoo_comparison, zoo_ledgers_csv)
