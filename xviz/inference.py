@@ -128,6 +128,31 @@ class Ticket:
         return f"Ticket({self.op!r}, {self.place()})"
 
 
+class SessionTickets:
+    """Which tickets each session holds, for :meth:`Backend.cancel_session`. Not locked: a backend
+    calls it under its own lock."""
+
+    def __init__(self):
+        self._by_session: dict[Hashable, set[Ticket]] = {}
+
+    def attach(self, ticket: Ticket, job) -> None:
+        """``ticket`` now waits for ``job`` (anything with a ``tickets`` list)."""
+        ticket._job = job
+        job.tickets.append(ticket)
+        if ticket.session is not None:
+            self._by_session.setdefault(ticket.session, set()).add(ticket)
+
+    def unfinished(self, session: Hashable) -> list[Ticket]:
+        return [t for t in self._by_session.get(session, ()) if not t.future.done()]
+
+    def forget(self, ticket: Ticket) -> None:
+        tickets = self._by_session.get(ticket.session)
+        if tickets is not None:
+            tickets.discard(ticket)
+            if not tickets:
+                del self._by_session[ticket.session]
+
+
 class Backend(abc.ABC):
     """Runs xviz's model requests; the pages and notebooks only talk to this interface.
 

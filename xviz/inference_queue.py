@@ -14,8 +14,8 @@ from typing import Any, Callable, Hashable
 
 import torch
 
-from .inference import (DONE, OPS, QUEUED, RUNNING, Backend, Op, Place, ProgressFn, Ticket, _digest, _frozen,
-                        _model_id, batch_limit)
+from .inference import (DONE, OPS, QUEUED, RUNNING, Backend, Op, Place, ProgressFn, SessionTickets, Ticket, _digest,
+                        _frozen, _model_id, batch_limit)
 
 
 class _Abandoned(BaseException):
@@ -255,7 +255,7 @@ class InferenceQueue(Backend):
         self._lock = threading.RLock()
         self._workers: dict[int, _Worker] = {}
         self._by_key: dict[Hashable, _Job] = {}
-        self._sessions: dict[Hashable, set[Ticket]] = {}
+        self._sessions = SessionTickets()
         self._costs = _Costs()
         self._seq = itertools.count()
         self._closed = False
@@ -289,10 +289,7 @@ class InferenceQueue(Backend):
                 worker.wake.notify()
             else:
                 self.served["shared"] += 1
-            ticket._job = job
-            job.tickets.append(ticket)
-            if session is not None:
-                self._sessions.setdefault(session, set()).add(ticket)
+            self._sessions.attach(ticket, job)
         return ticket
 
     def place(self, ticket: Ticket) -> Place:
@@ -328,13 +325,13 @@ class InferenceQueue(Backend):
                 return False
             if job is not None and ticket in job.tickets:
                 job.tickets.remove(ticket)
-            self._forget(ticket)
+            self._sessions.forget(ticket)
             # the job stays in its queue until its turn: resubmitted in time, it keeps its place
         return True
 
     def tickets(self, session: Hashable) -> list[Ticket]:
         with self._lock:
-            return [t for t in self._sessions.get(session, ()) if not t.future.done()]
+            return self._sessions.unfinished(session)
 
     def close(self) -> None:
         with self._lock:
@@ -399,7 +396,7 @@ class InferenceQueue(Backend):
             tickets, job.tickets = job.tickets, []
             self.served["jobs"] += 1
             for t in tickets:
-                self._forget(t)
+                self._sessions.forget(t)
         for t in tickets:
             if t.future.cancelled():
                 continue
@@ -418,10 +415,3 @@ class InferenceQueue(Backend):
             del self._by_key[job.key]
         self.served["dropped"] += 1
 
-    def _forget(self, ticket: Ticket) -> None:
-        if ticket.session is not None:
-            tickets = self._sessions.get(ticket.session)
-            if tickets is not None:
-                tickets.discard(ticket)
-                if not tickets:
-                    del self._sessions[ticket.session]

@@ -204,7 +204,7 @@ class RemoteBackend(I.Backend):
         self._pool = cf.ThreadPoolExecutor(workers, thread_name_prefix="xviz-remote")
         self._lock = threading.RLock()
         self._calls: dict[Hashable, _Call] = {}
-        self._sessions: dict[Hashable, set[I.Ticket]] = {}
+        self._sessions = I.SessionTickets()
         self._health: dict | None = None  # the service's last /v1/health answer
         self._problem: str | None = None  # why requests run here now, for the status line
         self._retry_at = 0.0
@@ -234,10 +234,7 @@ class RemoteBackend(I.Backend):
                 self._pool.submit(self._send, call)
             else:
                 self.served["shared"] += 1
-            ticket._job = call
-            call.tickets.append(ticket)
-            if session is not None:
-                self._sessions.setdefault(session, set()).add(ticket)
+            self._sessions.attach(ticket, call)
         return ticket
 
     def place(self, ticket: I.Ticket) -> I.Place:
@@ -260,12 +257,12 @@ class RemoteBackend(I.Backend):
                 job.cancel()
             elif job is not None and ticket in job.tickets:
                 job.tickets.remove(ticket)  # the answer, if it comes, is dropped
-            self._forget(ticket)
+            self._sessions.forget(ticket)
         return True
 
     def tickets(self, session: Hashable) -> list[I.Ticket]:
         with self._lock:
-            mine = [t for t in self._sessions.get(session, ()) if not t.future.done()]
+            mine = self._sessions.unfinished(session)
         return mine + self.local.tickets(session)
 
     def close(self) -> None:
@@ -403,7 +400,7 @@ class RemoteBackend(I.Backend):
                 del self._calls[call.key]
             tickets, call.tickets = call.tickets, []
             for t in tickets:
-                self._forget(t)
+                self._sessions.forget(t)
         for t in tickets:
             try:
                 t.future.set_result(out)
@@ -423,18 +420,11 @@ class RemoteBackend(I.Backend):
                 local = self.local.submit(call.model, call.op, call.x, key=call.key, session=t.session,
                                           **call.params)
                 t._job = local  # its place and its cancellation are the local ticket's from now on
-                self._forget(t)
+                self._sessions.forget(t)
                 pairs.append((t, local))
         for t, local in pairs:
             local.future.add_done_callback(lambda f, t=t: _copy_outcome(f, t.future))
 
-    def _forget(self, ticket: I.Ticket) -> None:
-        if ticket.session is not None:
-            tickets = self._sessions.get(ticket.session)
-            if tickets is not None:
-                tickets.discard(ticket)
-                if not tickets:
-                    del self._sessions[ticket.session]
 
 
 def _copy_outcome(src: cf.Future, dst: cf.Future) -> None:
