@@ -10,8 +10,6 @@ minutes, so it is not part of bench/run.py.
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,18 +17,13 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import row  # noqa: E402
+from bench.common import json_report, row  # noqa: E402
 
 UNITS = {"wall_s": "s", "errors": "", "peak_rss_gb": "GB", "blind_sessions": ""}
 
 
 def rows(sessions: int = 30) -> list[dict]:
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / "load_test.py"), "--json", "--sessions", str(sessions)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=1800)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if not lines:
-        raise RuntimeError(f"bench/load_test.py printed no report (exit {done.returncode}):\n{done.stderr[-2000:]}")
-    report = json.loads(lines[-1])
+    report = json_report("load_test.py", "--sessions", str(sessions))
     out = []
     for b in report["budgets"]:
         name = {"wall_s": "whole class", "blind_sessions": "sessions that waited > 1 s without their place"}.get(

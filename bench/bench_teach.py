@@ -11,11 +11,8 @@ photos as ten "classes" of thirty crops each, embedded by the demo backbone at i
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,7 +20,7 @@ import numpy as np
 import torch
 
 import xviz
-from bench.common import bench_model, median_seconds, row
+from bench.common import bench_model, json_report, median_seconds, row
 from xviz import teaching as T
 from xviz import weights as W
 
@@ -96,12 +93,7 @@ def rows(pairs: int = 11) -> list[dict]:
 
 def class_rows(sessions: int = 30) -> list[dict]:
     """bench/load_teach.py's class as rows: peak RSS of the server against the 2 GB budget."""
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / "load_teach.py"), "--json", "--sessions", str(sessions)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=1800)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if not lines:
-        raise RuntimeError(f"bench/load_teach.py printed no report (exit {done.returncode}):\n{done.stderr[-2000:]}")
-    r = json.loads(lines[-1])
+    r = json_report("load_teach.py", "--sessions", str(sessions))
     note = f"{r['per_class']} photos x 2 classes each; class done in {r['wall_s']:.0f} s"
     return [row(f"teach: {sessions} students at once, errors", r["errors"], "", budget=0),
             row(f"teach: {sessions} students at once, peak server RSS", r["peak_rss_gb"], "GB", budget=2.0, note=note),

@@ -8,14 +8,29 @@ ratios measured side by side don't.
 from __future__ import annotations
 
 import copy
+import json
 import platform
 import statistics
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
 
 import xviz
+
+
+def json_report(script: str, *args: str, timeout: float = 1800) -> dict:
+    """Run ``bench/<script> --json *args`` in its own process; the JSON line it printed last."""
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, str(root / "bench" / script), "--json", *args],
+                          cwd=root, capture_output=True, text=True, timeout=timeout)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"bench/{script} printed no report (exit {done.returncode}):\n{done.stderr[-2000:]}")
+    return json.loads(lines[-1])
 
 
 def machine() -> str:

@@ -35,7 +35,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.appserver import RssSampler, streamlit_server  # noqa: E402
-from bench.load_test import RSS_BUDGET, SessionLog, check, find_page, percentile, unique_photos  # noqa: E402
+from bench.load_test import RSS_BUDGET, SessionLog, check, find_page, step_table, unique_photos  # noqa: E402
 from bench.wsclient import ClientError, StreamlitSession  # noqa: E402
 
 CLASSES = ("cup", "plate")  # names only: what matters here is memory and time, not what is taught
@@ -145,14 +145,7 @@ def main(argv=None) -> int:
     print(f"{args.sessions} students, {len(CLASSES)} classes x {args.per_class} photos each, all at once; "
           f"load average after: {os.getloadavg()[0]:.1f}")
     steps = list(max(logs, key=lambda log: len(log.steps)).steps)
-    summary = {}
-    print(f"{'step':<18} {'n':>3} {'p50 s':>8} {'p95 s':>8} {'max s':>8}")
-    for step in steps:
-        vals = [log.steps[step] for log in logs if step in log.steps]
-        summary[step] = {"n": len(vals), "p50_s": percentile(vals, 0.5), "p95_s": percentile(vals, 0.95),
-                         "max_s": max(vals)}
-        print(f"{step:<18} {len(vals):>3} {summary[step]['p50_s']:>8.2f} {summary[step]['p95_s']:>8.2f} "
-              f"{summary[step]['max_s']:>8.2f}")
+    summary = step_table(logs, steps, width=18)
     print(f"whole class done in {info['class_s']:.1f} s")
     gb = 2**30
     print(f"server RSS (process tree): {start / gb:.2f} GB before the class (model loaded, one page shown), "

@@ -185,6 +185,19 @@ async def run_class(url: str, n: int, all_pages: bool) -> tuple[list[SessionLog]
     return logs, warm
 
 
+def step_table(logs: list[SessionLog], steps: list[str], width: int = 20) -> dict[str, dict]:
+    """Print n, p50, p95 and max seconds of each step over the sessions; return them by step."""
+    print(f"{'step':<{width}} {'n':>3} {'p50 s':>8} {'p95 s':>8} {'max s':>8}")
+    summary = {}
+    for step in steps:
+        vals = [log.steps[step] for log in logs if step in log.steps]
+        summary[step] = {"n": len(vals), "p50_s": percentile(vals, 0.5), "p95_s": percentile(vals, 0.95),
+                         "max_s": max(vals)}
+        print(f"{step:<{width}} {len(vals):>3} {summary[step]['p50_s']:>8.2f} {summary[step]['p95_s']:>8.2f} "
+              f"{summary[step]['max_s']:>8.2f}")
+    return summary
+
+
 def percentile(values: list[float], q: float) -> float:
     values = sorted(values)
     if not values:
@@ -227,14 +240,7 @@ def main(argv=None) -> int:
     print(f"{args.sessions} concurrent sessions; warm-up (model load + first page): {warm['first_run_s']:.1f} s; "
           f"pages: {', '.join(warm['pages_visited']) or '-'}"
           + (f"; NOT IN THE APP YET: {', '.join(warm['missing_pages'])}" if warm.get("missing_pages") else ""))
-    print(f"{'step':<20} {'n':>3} {'p50 s':>8} {'p95 s':>8} {'max s':>8}")
-    summary = {}
-    for step in steps:
-        vals = [log.steps[step] for log in logs if step in log.steps]
-        summary[step] = {"n": len(vals), "p50_s": percentile(vals, 0.5), "p95_s": percentile(vals, 0.95),
-                         "max_s": max(vals)}
-        print(f"{step:<20} {len(vals):>3} {summary[step]['p50_s']:>8.2f} {summary[step]['p95_s']:>8.2f} "
-              f"{summary[step]['max_s']:>8.2f}")
+    summary = step_table(logs, steps)
     heavy = [v for log in logs for s, v in log.steps.items() if s not in ("open", "choose upload",
                                                                           "bad upload refused")]
     print(f"all heavy steps: p50 {percentile(heavy, 0.5):.2f} s, p95 {percentile(heavy, 0.95):.2f} s; "
