@@ -32,20 +32,25 @@ def _input_size(app, size: str) -> None:
     slider.focus()
     for _ in range(4):  # native, 150, 224, 299, 384 px
         if slider.get_attribute("aria-valuetext") == size:
-            return
+            break
         slider.press("ArrowRight")
     expect(slider).to_have_attribute("aria-valuetext", size)
+    # the server has the last value once the status line says so: no slider rerun comes later and
+    # cancels a request made next
+    px = size.removesuffix(" px")
+    expect(app.sidebar).to_contain_text(f"{px}×{px} px")
+    app.page.wait_for_selector(IDLE)
 
 
 def test_a_waiting_student_sees_their_place_until_served(open_tab):
     b, a = open_tab(), open_tab()
     # Sizes no other test uses: the server (and its results) is shared by the whole e2e run, so at
     # the default size B's Grad-CAM may already be computed and never wait. The same network, so the
-    # same worker. A at 299 px: its occlusion takes ~150 forwards of ~0.1 s, long enough for B to
-    # arrive behind it even on a fast quiet machine.
+    # same worker. A at 384 px: its occlusion takes ~120 eager forwards of ~0.2 s, long enough for B
+    # to arrive behind it even on a fast quiet machine.
     b.act(lambda: _choose(b, "example", "cat", b.sidebar))
     b.act(lambda: _input_size(b, "224 px"))
-    a.act(lambda: _input_size(a, "299 px"))
+    a.act(lambda: _input_size(a, "384 px"))
     a.go_to(GRADCAM)
     _choose(a, "gc_method", "Occlusion", a.main)  # not waited for: it runs while B arrives
     # A's occlusion is in the queue: its progress bar is up (or, on a busy server, its own place in line)
