@@ -20,6 +20,7 @@ from xviz import ui  # noqa: E402
 # an emoji favicon is drawn by the browser; a :material/ one is fetched from fonts.gstatic.com (fails offline)
 st.set_page_config(page_title="xviz — how Xception sees", page_icon="👁️", layout="wide")
 ui.configure_torch()  # torch threads and fp32-on-CUDA, once per server process
+ui.start_background_work()  # what every student would otherwise wait for (the zoo's counts), once per process
 
 PAGES = {
     "Look": [

@@ -10,7 +10,8 @@ ui.page_header("Across architectures",
                "EfficientNet made it the backbone of small, fast networks. Here are seven ImageNet networks, built "
                "as Keras builds them and counted layer by layer with the same code as *Parameters and compute*, "
                "each at its native input size. Counting needs no weights.")
-table, ledgers = ui.zoo_comparison()
+counts = ui.zoo_counts()  # counted once per server in the background; its progress until then
+table, ledgers = counts.table, counts.ledgers
 titles = dict(zip(table["name"], table["network"]))
 latency: across.NetworkLatency | None = st.session_state.get("zoo_latency")
 if latency is not None:
@@ -82,8 +83,7 @@ st.header("Lesson 3: EfficientNet adds squeeze-and-excitation, and scales by one
 st.markdown(across.se_lesson(ledgers["efficientnet_b0"]))
 st.latex(r"d = \alpha^{\phi},\quad w = \beta^{\phi},\quad r = \gamma^{\phi},\qquad"
          r"\text{multiply-adds} \propto d \cdot w^{2} \cdot r^{2},\qquad \alpha\,\beta^{2}\gamma^{2} \approx 2")
-scaling = ui.efficientnet_scaling()
-st.dataframe(scaling, hide_index=True, column_config={
+st.dataframe(counts.scaling, hide_index=True, column_config={
     c: st.column_config.NumberColumn(format="localized") for c in ("params", "macs", "predicted_macs",
                                                                     "predicted_by_blocks")})
 st.caption("Tan & Le 2019, eq. 3 (α = 1.2, β = 1.1, γ = 1.15 for φ = 1); width, depth and resolution of B1–B7 as "
@@ -93,5 +93,4 @@ st.header("Every layer of every network")
 name = st.selectbox("network", list(ledgers), format_func=titles.get)
 st.dataframe(ledgers[name], hide_index=True, height=360, column_config={
     c: st.column_config.NumberColumn(format="localized") for c in ("params", "macs", "bn_statistics")})
-st.download_button("Download all seven ledgers (CSV)", ui.zoo_ledgers_csv(), "xviz-ledgers-7-networks.csv",
-                   "text/csv")
+st.download_button("Download all seven ledgers (CSV)", counts.csv, "xviz-ledgers-7-networks.csv", "text/csv")

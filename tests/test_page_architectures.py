@@ -1,5 +1,8 @@
 """AppTest of the Across architectures page: the seven networks counted, the lessons computed, the
-widgets, the download and the timing button."""
+widgets, the download and the timing button; the progress while the networks are counted, and a
+counting error."""
+
+import threading
 
 import pytest
 
@@ -59,3 +62,53 @@ def test_timing_runs_when_asked_and_says_how(page):
     assert len(at.get("plotly_chart")) == 4
     assert mentions([m.value for m in at.markdown], "MobileNetV2 has 28× fewer multiply-adds than Xception")
     assert mentions([c.value for c in at.caption], "Measured on CPU", "random weights", "load average", "median of 1")
+
+
+def test_progress_shown_while_the_networks_are_counted_then_the_page(open_app, monkeypatch):
+    """The counts are made once per server in the background: a student who opens the page before
+    they are done sees their progress live, then the page. Deterministic: the counting stops after
+    the fourth network until the page has shown "4 of 7"."""
+    from streamlit.delta_generator import DeltaGenerator
+
+    from xviz.ui import background, cache
+
+    shown, seen_four = [], threading.Event()
+    progress_bar = DeltaGenerator.progress
+
+    def spy(self, value, text=None, **kwargs):  # the real st.progress, recorded
+        shown.append((value, text))
+        if text and "4 of 7 done" in text:
+            seen_four.set()
+        return progress_bar(self, value, text=text, **kwargs)
+
+    def gated(progress):
+        def step(done, total):
+            progress(done, total)
+            if done == 4:
+                assert seen_four.wait(60), shown  # until the page has shown it
+        return cache._count_zoo(step)
+
+    monkeypatch.setattr(DeltaGenerator, "progress", spy)
+    monkeypatch.setattr(cache, "ZOO_COUNTS", background.Task(gated, cache._zoo_progress, "Counting failed"))
+    at = open_app(PAGE, timeout=600)  # app.py starts the counting; the page waits for it, visibly
+    assert not at.exception
+    texts = [t for _, t in shown]
+    assert "Counting the seven networks layer by layer, once for the whole class: 4 of 7 done…" in texts
+    assert any("Counting EfficientNet-B0 to B7 for the scaling lesson" in t for t in texts)
+    assert [v for v, _ in shown] == sorted(v for v, _ in shown)  # it only moves forward
+    assert not at.get("progress")  # gone once done: the page instead
+    assert list(at.dataframe[0].value["network"]) == [zoo.SPECS[n].title for n in zoo.NAMES]
+
+
+def test_a_counting_error_is_a_sentence_with_what_to_do(open_app, monkeypatch):
+    from xviz.ui import background, cache
+
+    def fails(progress):
+        raise MemoryError("not enough memory to build VGG16")
+
+    monkeypatch.setattr(cache, "ZOO_COUNTS", background.Task(fails, cache._zoo_progress,
+                                                             "The seven networks could not be counted on this server"))
+    at = open_app(PAGE)
+    assert not at.exception and not at.dataframe
+    assert mentions([e.value for e in at.error], "The seven networks could not be counted",
+                    "not enough memory to build VGG16", "Reload the page")

@@ -29,10 +29,19 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
-def zoo_ledgers(names: tuple[str, ...] | None = None) -> "dict[str, pd.DataFrame]":
+def zoo_ledgers(names: tuple[str, ...] | None = None, progress=None) -> "dict[str, pd.DataFrame]":
     """{name: :func:`~xviz.accounting.network_ledger`} of :mod:`xviz.zoo` networks (default all) at their
-    native input sizes, with ImageNet heads, counted on the meta device."""
-    return {n: network_ledger(zoo.build(n, device="meta"), zoo.SPECS[n].input_size) for n in names or zoo.NAMES}
+    native input sizes, with ImageNet heads, counted on the meta device.
+
+    ``progress(done, total)`` is called after each network (the seven take ~5 s of CPU on 2 cores: the
+    meta device's shape functions are Python)."""
+    names = tuple(names or zoo.NAMES)
+    ledgers = {}
+    for n in names:
+        ledgers[n] = network_ledger(zoo.build(n, device="meta"), zoo.SPECS[n].input_size)
+        if progress is not None:
+            progress(len(ledgers), len(names))
+    return ledgers
 
 
 def compare_networks(ledgers: "dict[str, pd.DataFrame]") -> "pd.DataFrame":
@@ -60,14 +69,15 @@ def ledgers_csv(ledgers: "dict[str, pd.DataFrame]") -> bytes:
     return table[["network", *frames[0].columns[:-1]]].to_csv(index=False).encode()
 
 
-def efficientnet_scaling() -> "pd.DataFrame":
+def efficientnet_scaling(progress=None) -> "pd.DataFrame":
     """EfficientNet-B0..B7 as Keras scales them, counted: one row per variant with its width, depth
     and resolution multipliers, blocks, params, MACs, and the MACs compound scaling predicts from B0's.
 
     Tan & Le 2019, eq. 3: depth d, width w and resolution r grow together, and a conv's FLOPs grow with
     d * w^2 * r^2, so ``predicted_macs`` = MACs(B0) * d * w^2 * (r / 224)^2. Keras rounds each stage's
     repeats *up* (ceil(d * n)) and channels to multiples of 8, so the real depth (``blocks`` / 16) is
-    larger than d; ``predicted_by_blocks`` uses it instead of d.
+    larger than d; ``predicted_by_blocks`` uses it instead of d. ``progress(done, total)`` is called
+    after each variant.
     """
     import pandas as pd
 
@@ -83,6 +93,8 @@ def efficientnet_scaling() -> "pd.DataFrame":
                      "blocks": blocks, "params": t.params, "macs": t.macs,
                      "predicted_macs": round(base[0] * depth * growth),
                      "predicted_by_blocks": round(base[0] * blocks / base[1] * growth)})
+        if progress is not None:
+            progress(len(rows), len(zoo.EFFICIENTNET_SCALING))
     return pd.DataFrame(rows)
 
 

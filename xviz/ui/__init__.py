@@ -15,6 +15,8 @@ The modules:
 - ``legacy_pages``: the one workaround that touches a private Streamlit class.
 - ``waiting``: requests to the model go through the inference queue (:mod:`xviz.inference`); while
   one waits, the student sees their place in line.
+- ``background``: work that is the same for every student (the Across architectures page's counts),
+  done once per server process in a background thread; a page that needs it first shows its progress.
 
 Importing this package freezes the heap built by the imports (``gc.freeze``): torch, plotly, pandas
 and Streamlit leave ~260k long-lived objects that every full garbage collection would walk again
@@ -32,8 +34,8 @@ import gc
 import pandas  # noqa: F401
 
 # what pages/* and app.py call
-from xviz.ui.cache import (architecture, configure_torch, efficientnet_scaling, flow_capture, layer_summary,
-                           layer_table, ledger, predictions, tour_facts, zoo_comparison, zoo_ledgers_csv)
+from xviz.ui.cache import (architecture, configure_torch, flow_capture, layer_summary, layer_table, ledger,
+                           predictions, start_background_work, tour_facts, zoo_counts)
 from xviz.ui.presenter import colormap, presenter
 from xviz.ui.sidebar import camera_blocked, example_images, sidebar
 from xviz.ui.state import (GOTO_BLOCK, TOUR_REVEALED, Selection, current, ensure_frame, page_header, required_model,

@@ -13,7 +13,7 @@ import hashlib
 import tempfile
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import cachetools
 import numpy as np
@@ -23,10 +23,12 @@ from PIL import Image
 import xviz
 from xviz import inference
 from xviz import weights as W
-from xviz.ui import uploads
+from xviz.ui import background, uploads
 from xviz.ui.waiting import Results, computed, session_id
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from xviz.ui.state import Selection
 
 # Cache keys through hash_funcs: a model by its key (weights, input size, fast mode), a Selection by
@@ -168,27 +170,52 @@ def ledger(model: xviz.LoadedModel):
     return table, accounting.counterfactual(table)
 
 
-@st.cache_data(show_spinner="Building seven networks and counting them layer by layer…")
-def zoo_comparison():
-    """(comparison table, {name: ledger}) of xviz.across for every xviz.zoo network; the same for everyone."""
-    from xviz import across
+# The Across architectures page's counts depend on no photo and no model: counted once per server
+# process, in a background thread that app.py starts when the first session opens the app, so nobody
+# waits for them on the request path (xviz.ui.background). Started by the server's first script run
+# rather than at import: a notebook or test that imports xviz.ui doesn't pay ~7 s of CPU for a page it
+# may never open; the page starts it itself if nothing did (a page run alone, an AppTest).
 
-    ledgers = across.zoo_ledgers()
-    return across.compare_networks(ledgers), ledgers
+class ZooCounts(NamedTuple):
+    """What xviz.across counts for the page. Shared by every session: read, never change in place."""
+
+    table: pd.DataFrame  # across.compare_networks: one row per network
+    ledgers: dict[str, pd.DataFrame]  # name -> its layer-by-layer ledger
+    scaling: pd.DataFrame  # across.efficientnet_scaling: B0 to B7
+    csv: bytes  # every ledger in one CSV (the page's download)
 
 
-@st.cache_data(show_spinner=False)
-def zoo_ledgers_csv() -> bytes:
-    from xviz import across
+def _count_zoo(progress) -> ZooCounts:
+    from xviz import across, zoo
 
-    return across.ledgers_csv(zoo_comparison()[1])
+    networks, variants = len(zoo.NAMES), len(zoo.EFFICIENTNET_SCALING)
+    ledgers = across.zoo_ledgers(progress=lambda done, _: progress(done, networks + variants))
+    scaling = across.efficientnet_scaling(progress=lambda done, _: progress(networks + done, networks + variants))
+    return ZooCounts(across.compare_networks(ledgers), ledgers, scaling, across.ledgers_csv(ledgers))
 
 
-@st.cache_data(show_spinner="Building EfficientNet-B0 to B7 and counting them…")
-def efficientnet_scaling():
-    from xviz import across
+def _zoo_progress(done: int, total: int) -> str:
+    from xviz import zoo
 
-    return across.efficientnet_scaling()
+    networks = len(zoo.NAMES)
+    if done < networks:
+        return (f"Counting the seven networks layer by layer, once for the whole class: {done} of {networks} "
+                "done…")
+    return f"Counting EfficientNet-B0 to B7 for the scaling lesson: {done - networks} of {total - networks} done…"
+
+
+ZOO_COUNTS = background.Task(_count_zoo, _zoo_progress, "The seven networks could not be counted on this server")
+
+
+def start_background_work() -> None:
+    """Start what the pages will need and no student should wait for (once per process; cheap after)."""
+    ZOO_COUNTS.start()
+
+
+def zoo_counts() -> ZooCounts:
+    """The counts of every xviz.zoo network and of EfficientNet-B0 to B7; while they are being counted,
+    their progress (see :mod:`xviz.ui.background`)."""
+    return background.result(ZOO_COUNTS)
 
 
 # Captures are the largest things kept (~19 MB an image at 150 px, ~82 MB at 299 px): bounded by bytes,
