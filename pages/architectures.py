@@ -40,9 +40,7 @@ st.markdown("Multiply-adds are not time. A depthwise 3×3 conv uses each value i
             "multiply-adds is not that much faster. Time them here:")
 rounds = st.select_slider("timed rounds (each network runs once per round; the median is kept)", (1, 3, 5), value=3)
 if st.button("Time all seven networks on this machine's CPU (batch 1, random weights)"):
-    bar = st.progress(0.0, text="Building the networks with random weights…")
-    st.session_state["zoo_latency"] = across.time_networks(
-        rounds=rounds, progress=lambda done, total: bar.progress(done / total, text=f"forward {done} of {total}"))
+    st.session_state["zoo_latency"] = ui.zoo_latency(rounds)  # one timing at a time per server: joins a running one
     st.rerun()
 if latency is None:
     st.info(f"Not timed yet in this session. The button builds the seven networks and runs each {rounds + 1} times "

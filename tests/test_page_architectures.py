@@ -112,3 +112,25 @@ def test_a_counting_error_is_a_sentence_with_what_to_do(open_app, monkeypatch):
     assert not at.exception and not at.dataframe
     assert mentions([e.value for e in at.error], "The seven networks could not be counted",
                     "not enough memory to build VGG16", "Reload the page")
+
+
+def test_one_timing_at_a_time_on_the_server_a_second_click_joins_it(monkeypatch):
+    # seven networks on the CPU hold ~0.9 GB: a class clicking at once must not build them thirty times
+    from xviz import across
+    from xviz.ui import cache
+
+    release, calls = threading.Event(), []
+
+    def time_networks(rounds, progress):  # the timing itself is tested above; here only who runs it
+        calls.append(rounds)
+        assert release.wait(60)
+        return f"{rounds} rounds"
+
+    monkeypatch.setattr(across, "time_networks", time_networks)
+    monkeypatch.setattr(cache, "_timing", None)
+    first = cache.timing_task(3)
+    assert cache.timing_task(5) is first  # a click while it runs joins it
+    release.set()
+    assert first.outcome(60) == ("3 rounds", None)
+    again = cache.timing_task(5)  # a click after it: a new timing
+    assert again is not first and again.outcome(60) == ("5 rounds", None) and calls == [3, 5]

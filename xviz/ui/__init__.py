@@ -35,7 +35,7 @@ import pandas  # noqa: F401
 
 # what pages/* and app.py call
 from xviz.ui.cache import (architecture, configure_torch, flow_capture, layer_summary, layer_table, ledger,
-                           predictions, start_background_work, tour_facts, zoo_counts)
+                           predictions, start_background_work, tour_facts, zoo_counts, zoo_latency)
 from xviz.ui.presenter import colormap, presenter
 from xviz.ui.sidebar import camera_blocked, example_images, sidebar
 from xviz.ui.state import (GOTO_BLOCK, TOUR_REVEALED, Selection, current, ensure_frame, page_header, required_model,

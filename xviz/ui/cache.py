@@ -218,6 +218,33 @@ def zoo_counts() -> ZooCounts:
     return background.result(ZOO_COUNTS)
 
 
+# Timing the seven networks builds them on the CPU (~0.9 GB: VGG16 alone is 553 MB) and runs each
+# several times: one timing at a time per server, in the background. A student who clicks while one
+# runs joins it (and gets its number of rounds) rather than adding another 0.9 GB and slowing both.
+_timing: background.Task | None = None
+_timing_lock = threading.Lock()  # guards _timing
+
+
+def timing_task(rounds: int) -> background.Task:
+    """The timing running now, or a new one of ``rounds`` rounds (started)."""
+    global _timing
+    from xviz import across
+
+    with _timing_lock:
+        if _timing is None or _timing.outcome() is not None:
+            _timing = background.Task(
+                lambda progress: across.time_networks(rounds=rounds, progress=progress),
+                lambda done, total: (f"Timing the seven networks: forward {done} of {total}…" if done
+                                     else "Building the seven networks with random weights…"),
+                "The networks could not be timed on this server")
+        return _timing.start()
+
+
+def zoo_latency(rounds: int):
+    """xviz.across.NetworkLatency of the seven networks on this machine's CPU; its progress meanwhile."""
+    return background.result(timing_task(rounds))
+
+
 # Captures are the largest things kept (~19 MB an image at 150 px, ~82 MB at 299 px): bounded by bytes,
 # so a class at 150 px keeps every student's maps while they browse, and 299 px keeps the last few.
 _captures = Results(maxsize=320 * 2**20, getsizeof=lambda cap: cap.nbytes)
