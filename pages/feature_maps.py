@@ -44,8 +44,10 @@ show_overlay = right.toggle("Overlay on the image", key="fm_overlay")
 alpha = right.slider("Opacity", 0.1, 1.0, 0.6, disabled=not show_overlay, key="fm_alpha")
 values = cap.channel(layer, channel)
 picture = dict(cmap=cmap, image=cap.image if show_overlay else None, alpha=alpha)
-left.plotly_chart(M.channel_figure(values, title=f"{layer}, channel {channel} ({info.height}×{info.width})",
-                                   **picture), width="stretch")
+enlarged = ui.drawn(("channel", sel.key, layer, channel, cmap, show_overlay, alpha),
+                   lambda: M.channel_figure(values, title=f"{layer}, channel {channel} ({info.height}×{info.width})",
+                                            **picture))
+left.plotly_chart(enlarged, width="stretch")
 right.caption(f"Channel {channel}: values {values.min():.3g} … {values.max():.3g}, mean {values.mean():.3g}, "
               f"{(values <= 0).mean():.0%} zero after ReLU. Hover over the map for values. The overlay is "
               "approximate: a map pixel stands for the centre of the image patch it sees.")

@@ -63,6 +63,12 @@ def image_captions(at: AppTest) -> list[str]:
     return [c for kind in ("image", "imgs") for img in at.get(kind) for c in img.captions]
 
 
+def image_formats(at: AppTest) -> dict[str, str]:
+    """{caption: file extension} of every picture the run drew: which encoding Streamlit sent."""
+    return {img.caption: img.url.rsplit(".", 1)[-1] for kind in ("image", "imgs") for el in at.get(kind)
+            for img in el.proto.imgs}
+
+
 def uploader(at: AppTest, name: str):
     """The sidebar's uploader ``name`` (``xviz.ui.uploads.PHOTO``, ``WEIGHTS``) under its current key:
     each refused file re-keys it (``name_1``, ``name_2``, ...) to empty it."""

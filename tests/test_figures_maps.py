@@ -104,6 +104,25 @@ def test_overlay_blends():
         T.overlay(photo, values, alpha=1.5)
 
 
+def test_indexed_grid_is_the_rgb_grid_in_half_the_bytes():
+    """The grid goes to the browser as an indexed PNG: it must decode to exactly the RGB picture
+    (colormap ends and gap colour included), in fewer bytes."""
+    maps = rng.normal(size=(64, 72, 72)).astype(np.float32)
+    indices, palette, lay = M.channel_grid_indexed(maps, min_tile=64)
+    rgb, lay_rgb = M.channel_grid(maps, min_tile=64)
+    assert lay == lay_rgb and indices.dtype == np.uint8 and palette.shape == (256, 3)
+    assert np.array_equal(palette[indices], rgb)
+    table = T.lut("viridis")
+    assert (palette[0] == table[0]).all() and (palette[M.LEVELS - 1] == table[255]).all()
+    assert (palette[M.GAP_INDEX] == M.GAP_COLOUR).all() and indices[lay.tile, 0] == M.GAP_INDEX
+    png = T.png_bytes(indices, palette=palette)
+    decoded = Image.open(io.BytesIO(png))
+    assert decoded.mode == "P" and np.array_equal(np.asarray(decoded.convert("RGB")), rgb)
+    assert len(png) < 0.75 * len(T.png_bytes(rgb))
+    with pytest.raises(ValueError, match="indexed"):
+        T.png_bytes(rgb, palette=palette)
+
+
 def test_png_bytes_round_trip():
     rgb = rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)
     back = np.asarray(Image.open(io.BytesIO(T.png_bytes(rgb))))
@@ -135,22 +154,22 @@ def test_busiest_views_fit_the_payload_budget(cap299, kitchenware):
     cap = cap299
     layer = "block2_sepconv2_act"
     values = cap.map(layer)
-    grid, _ = M.channel_grid(values, flows.channel_order(values, "mean"), normalise="channel")
+    grid, palette, _ = M.channel_grid_indexed(values, flows.channel_order(values, "mean"), normalise="channel")
     fig = M.channel_figure(values[0], image=cap.image)
     rv = flows.residual_view(cap, "block2")
     tiles = M.tiles([rv.input[0], rv.branch[0], rv.shortcut[0], rv.total[0]], side=200)
     strip = M.size_strip(flows.size_stages(flows.layer_table(kitchenware, 299), 299))
-    feature_maps = (len(T.png_bytes(grid)) + M.figure_bytes(fig) + M.figure_bytes(strip)
+    feature_maps = (len(T.png_bytes(grid, palette=palette)) + M.figure_bytes(fig) + M.figure_bytes(strip)
                     + sum(len(T.png_bytes(t)) for t in tiles))
     assert feature_maps <= VIEW_BUDGET, feature_maps
 
     anat = flows.separable_anatomy(kitchenware, cap, "block2_sepconv2")
     n = 64
-    grids = [M.channel_grid(anat.inputs[:n], max_width=400, min_tile=56)[0],
-             M.channel_grid(anat.kernels[:n], normalise="shared", cmap="RdBu_r", max_width=200, min_tile=30)[0],
-             M.channel_grid(anat.depthwise[:n], max_width=400, min_tile=56)[0],
-             M.channel_grid(anat.pointwise, flows.channel_order(anat.pointwise, "mean")[:128])[0]]
+    grids = [M.channel_grid_indexed(anat.inputs[:n], max_width=400, min_tile=56),
+             M.channel_grid_indexed(anat.kernels[:n], normalise="shared", cmap="RdBu_r", max_width=200, min_tile=30),
+             M.channel_grid_indexed(anat.depthwise[:n], max_width=400, min_tile=56),
+             M.channel_grid_indexed(anat.pointwise, flows.channel_order(anat.pointwise, "mean")[:128])]
     con = flows.pointwise_contributions(anat, 0, k=12)
     tiles = M.tiles(list(con.top_maps), side=112) + M.tiles([con.rest, con.reconstruction, con.output], side=112)
-    separable = sum(len(T.png_bytes(g)) for g in grids) + sum(len(T.png_bytes(t)) for t in tiles)
+    separable = sum(len(T.png_bytes(g, palette=p)) for g, p, _ in grids) + sum(len(T.png_bytes(t)) for t in tiles)
     assert separable <= VIEW_BUDGET, separable

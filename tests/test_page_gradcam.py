@@ -4,7 +4,7 @@ demo model at its 150 px."""
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from helpers import image_captions, mentions
+from helpers import image_captions, image_formats, mentions
 
 
 @pytest.fixture
@@ -20,6 +20,7 @@ def test_gradcam_page_renders_a_map_and_its_checks(page):
     pick = at.selectbox(key="gc_top")
     assert pick.value == 0 and pick.format_func(pick.value).startswith("cup (")  # the coffee photo's top guess
     assert mentions(image_captions(at), "Grad-CAM", "**cup**", "block14_sepconv2_act")
+    assert set(image_formats(at).values()) == {"jpg"}  # a heatmap over a photo: JPEG, encoded once
     assert mentions([c.value for c in at.caption], "5×5", "2,048")  # 150 px -> a 5×5 grid of 2,048 channels
     assert at.get("download_button")
 

@@ -3,7 +3,7 @@ the real demo model (the app's default example image, at the model's 150 px)."""
 
 from streamlit.testing.v1 import AppTest
 
-from helpers import image_captions, mentions
+from helpers import image_captions, image_formats, mentions
 
 
 def text(at: AppTest) -> str:
@@ -20,6 +20,9 @@ def test_feature_maps_page(open_app):
     body = text(at)
     assert "72×72×64" in body  # block1_conv2_act at 150 px
     assert "Zeros after ReLU" in str([m.label for m in at.get("metric")])
+    # the grid is sent as the PNG it was encoded to (given bytes and no format, st.image would
+    # decode it and send a JPEG, with ringing around every enlarged map pixel)
+    assert [f for caption, f in image_formats(at).items() if "64 of 64 channels" in caption] == ["png"]
     # a middle-flow block: its residual sum is checked on screen
     at.radio(key="fm_flow").set_value("middle_flow").run()
     at.selectbox(key="fm_block").set_value("block7").run()

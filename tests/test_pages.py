@@ -8,7 +8,7 @@ import re
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from helpers import ROOT, mentions
+from helpers import ROOT, image_formats, mentions
 
 EXAMPLES = ROOT / "xviz" / "data" / "examples"
 
@@ -35,6 +35,10 @@ def test_landing_page_predicts_with_trained_model(app):
     assert mentions([c.value for c in app.sidebar.caption], "150×150")  # input size + device line
     assert mentions(markdown_text(app), "**cup**")  # the default coffee photo is a cup
     assert app.get("plotly_chart")
+    # the photo as a JPEG, what the network reads losslessly (its exact pixels)
+    formats = image_formats(app)
+    assert [f for c, f in formats.items() if c.startswith("Your image")] == ["jpg"]
+    assert [f for c, f in formats.items() if c.startswith("What the model sees")] == ["png"]
 
 
 def test_upload_a_real_photo(app):

@@ -106,14 +106,27 @@ def _uint8(rgb) -> np.ndarray:
     return rgb
 
 
-def png_bytes(rgb: np.ndarray, settings: dict | None = None) -> bytes:
-    """PNG file bytes of an (H, W, 3) or (H, W) uint8 array; ``settings`` go in as PNG text chunks."""
+def png_bytes(rgb: np.ndarray, settings: dict | None = None, palette: np.ndarray | None = None) -> bytes:
+    """PNG file bytes of an (H, W, 3) or (H, W) uint8 array; ``settings`` go in as PNG text chunks.
+
+    With ``palette`` ((N <= 256, 3) uint8), ``rgb`` is an (H, W) array of indices into it and the PNG
+    is indexed: one byte a pixel to compress instead of three.
+    """
     info = PngImagePlugin.PngInfo()
     for key, value in (settings or {}).items():
         info.add_text(f"xviz:{key}", str(value))
+    pixels = _uint8(rgb)
+    if palette is None:
+        img = Image.fromarray(pixels)
+    else:
+        if pixels.ndim != 2 or len(palette) > 256:
+            raise ValueError(f"an indexed PNG needs (H, W) indices and at most 256 colours, got "
+                             f"{pixels.shape} and {len(palette)}")
+        img = Image.frombytes("P", pixels.shape[::-1], np.ascontiguousarray(pixels).tobytes())
+        img.putpalette(_uint8(palette).tobytes())
     buf = io.BytesIO()
     # compress_level 3: on these maps the smallest files, and ~2x faster than the default 6
-    Image.fromarray(_uint8(rgb)).save(buf, format="PNG", compress_level=3, pnginfo=info)
+    img.save(buf, format="PNG", compress_level=3, pnginfo=info)
     return buf.getvalue()
 
 

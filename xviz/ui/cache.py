@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 # model key + image sha256, so Streamlit never hashes tensors, modules or images. By type name:
 # xviz.ui.state imports this module.
 BY_KEY = {"xviz.loaded.LoadedModel": lambda m: m.key, "xviz.ui.state.Selection": lambda s: s.key}
-BY_IMAGE = {"xviz.ui.state.Selection": lambda s: s.image_key}  # for what depends on the photo alone
 
 # -- models, images, predictions --------------------------------------------------------------
 
@@ -109,11 +108,20 @@ def _read_uploaded(weights: tuple[str, bytes], labels: tuple[str, bytes] | None,
         return xviz.load_file(path, labels=parsed, display_name=display_name)
 
 
-# keyed by the sha256 the caller has already taken (the Selection's image key): hashing the bytes
-# here as well would hash every photo twice on every rerun
-@st.cache_data(show_spinner=False, max_entries=32)
-def decode_image(image_key: str, _data: bytes) -> Image.Image:
-    return xviz.load_image(_data)
+# Decoded photos, shared read-only by every session and bounded by their pixels (a 40 MP photo is
+# 120 MB decoded). Not st.cache_data: it would unpickle a fresh copy of the photo on every rerun.
+_images = Results(maxsize=256 * 2**20, getsizeof=lambda img: img.width * img.height * len(img.getbands()))
+
+
+def decode_image(image_key: str, data: bytes) -> Image.Image:
+    """The photo in ``data``, decoded once per server (``image_key``: the sha256 the caller has
+    already taken, so no photo is hashed twice per rerun). Nobody may draw on it in place.
+
+    Raises:
+        xviz.ImageError: not a usable photo (see xviz.load_image).
+    """
+    hit = _images.get(image_key)
+    return hit if hit is not None else _images.put(image_key, xviz.load_image(data))
 
 
 # One forward per (model, image, input size) for everything without a gradient: the logits are kept
@@ -146,13 +154,13 @@ def top_classes(sel: Selection, k: int) -> list[tuple[int, str, float]]:
     return xviz.loaded.top_k(sel.model.labels, logits(sel), k)
 
 
-@st.cache_data(show_spinner=False, max_entries=64, hash_funcs=BY_IMAGE)
 def photo_jpeg(sel: Selection) -> bytes:
     """The photo as shown beside the model's input: JPEG at most 1024 px wide or high, encoded once
     per image (``st.image`` of the PIL image would encode it at quality 100 on every rerun)."""
     from xviz.figures import toolkit
+    from xviz.ui.drawn import drawn
 
-    return toolkit.jpeg_bytes(sel.image, max_side=1024)
+    return drawn(("photo", sel.image_key), lambda: toolkit.jpeg_bytes(sel.image, max_side=1024))
 
 
 def sha256(data: bytes) -> str:
@@ -311,9 +319,9 @@ def _channel_grid(sel: Selection, layer: str, sort: str, normalise: str, cmap: s
                   _cap, _order):
     from xviz.figures import maps, toolkit
 
-    rgb, layout = maps.channel_grid(_cap.map(layer), _order[:count], normalise=normalise, cmap=cmap,
-                                    min_tile=min_tile)
-    return toolkit.png_bytes(rgb), layout
+    indices, palette, layout = maps.channel_grid_indexed(_cap.map(layer), _order[:count], normalise=normalise,
+                                                         cmap=cmap, min_tile=min_tile)
+    return toolkit.png_bytes(indices, palette=palette), layout
 
 
 @st.cache_data(show_spinner=False, max_entries=8, hash_funcs=BY_KEY)

@@ -7,6 +7,7 @@ import streamlit as st
 
 from xviz.ui.cache import (attribution_deletion, attribution_map, attribution_randomisation, ig_result, layer_table,
                             top_classes)
+from xviz.ui.drawn import drawn
 from xviz.ui.presenter import colormap, presenter
 from xviz.ui.state import Selection
 
@@ -35,11 +36,9 @@ def view_attribution(sel: Selection, target: int, *, method: str = "gradcam", la
         if not presenter():
             cmap = c2.selectbox("Colours", T.COLORMAPS, T.COLORMAPS.index(cmap), key=f"{key}_cmap")
     shapes = {r.name: r for r in layer_table(model)}
-    # the picture the model saw, cropped the same way but drawn at a readable size (not upscaled pixels)
     shown_size = max(size, 448)
-    seen = dataclasses.replace(model.preprocessing, size=shown_size, resize="bilinear").resized(sel.image)
 
-    def picture(name):
+    def picture(name, seen):
         opts = tuple(sorted(options.items())) if name == method else ()
         heat = attribution_map(sel, name, layer, target, opts)
         m = A.METHODS[name]
@@ -50,14 +49,24 @@ def view_attribution(sel: Selection, target: int, *, method: str = "gradcam", la
 
     label = model.labels[target]
     chosen = [method, *compare]
-    shown = [(A.METHODS[n].title, picture(n)) for n in chosen]
-    image = F.side_by_side([p for _, p in shown], [t for t, _ in shown], font_size=24) if compare else shown[0][1]
-    caption = (f"{' · '.join(t for t, _ in shown)} for **{label}**"
+    titles = [A.METHODS[n].title for n in chosen]
+
+    def draw():
+        # the picture the model saw, cropped the same way but drawn at a readable size (not upscaled pixels)
+        seen = dataclasses.replace(model.preprocessing, size=shown_size, resize="bilinear").resized(sel.image)
+        pictures = [picture(n, seen) for n in chosen]
+        image = F.side_by_side(pictures, titles, font_size=24) if compare else pictures[0]
+        image.setflags(write=False)
+        return image, T.jpeg_bytes(image)
+
+    image, jpeg = drawn(("attribution", sel.key, tuple(chosen), layer, target, tuple(sorted(options.items())),
+                         view, alpha, cmap), draw)
+    caption = (f"{' · '.join(titles)} for **{label}**"
                + (f" at {layer}" if any(A.METHODS[n].uses_layer for n in chosen) else "")
                + (". Red: evidence for the class, blue: against." if any(A.METHODS[n].signed for n in chosen)
                   else "."))
     pic, note = (st.container(), st.container()) if compare else st.columns([3, 2])
-    pic.image(T.jpeg_bytes(image), width="stretch", caption=caption)
+    pic.image(jpeg, width="stretch", caption=caption, output_format="JPEG")
     if spec.uses_layer and layer in shapes:
         note.markdown(f"**How to read it.** Warm colours: places that raised the score of **{label}**; cold: "
                       f"little or nothing. {spec.title} is computed on the {shapes[layer].height}×"
@@ -150,6 +159,7 @@ def view_attribution_trust(sel: Selection, method: str, layer: str, target: int,
     """Deletion curve and model-randomisation check of one map, each with a one-line reading."""
     from xviz import attributions as A
     from xviz.figures import attribution as F
+    from xviz.figures import toolkit as T
 
     spec = A.METHODS[method]
     if method == "integrated_gradients":  # IG has a check of its own: completeness
@@ -185,6 +195,6 @@ def view_attribution_trust(sel: Selection, method: str, layer: str, target: int,
     look = dict(cmap=colormap("heat"), signed=spec.signed, percentile=100.0 if spec.uses_layer else 99.5)
     strip = [F.heatmap_image(check.original, **look)] + [F.heatmap_image(check.maps[i], **look) for i in picks]
     titles = ["trained"] + [f"random to {check.stages[i]}" for i in picks]
-    st.image(F.side_by_side(strip, titles, font_size=12), width="stretch",
+    st.image(T.jpeg_bytes(F.side_by_side(strip, titles, font_size=12)), width="stretch", output_format="JPEG",
              caption="The same map as more and more of the network is scrambled, from the head down (each "
                      "on its own colour scale; an all-dark tile is a blank map: nothing left to rank).")

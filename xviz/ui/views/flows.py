@@ -7,6 +7,7 @@ import streamlit as st
 
 from xviz.figures.toolkit import COLORMAPS
 from xviz.ui.cache import channel_grid, flow_capture, layer_summary, layer_table
+from xviz.ui.drawn import drawn
 from xviz.ui.presenter import colormap, presenter, projected
 from xviz.ui.state import Selection
 
@@ -46,8 +47,9 @@ def view_size_strip(sel: Selection, layer: str) -> None:
     info = next(r for r in table if r.name == layer)
     highlight = ("middle flow ×8" if info.flow == "middle_flow" else
                  (layer.replace("_act", "") if info.block == "block1" else info.block))
-    st.plotly_chart(projected(M.size_strip(flows.size_stages(table, size), highlight=highlight), text=13),
-                    width="stretch", config={"displayModeBar": False})
+    strip = drawn(("size_strip", sel.model.key, highlight, presenter()),
+                  lambda: projected(M.size_strip(flows.size_stages(table, size), highlight=highlight), text=13))
+    st.plotly_chart(strip, width="stretch", config={"displayModeBar": False})
     st.caption(f"Each square is a block's output, its side the map's size (square-root scale). `{layer}` is "
                f"{info.shape_text}: {info.height * info.width * info.channels:,} numbers for "
                f"{size * size * 3:,} in the input.")
@@ -80,7 +82,7 @@ def view_channel_grid(sel: Selection, layer: str, *, key: str = "fm", controls: 
     # small maps (9×9) are enlarged by whole pixels here, crisply: left to the browser they'd be
     # stretched to the caption's width and blurred
     grid, layout = channel_grid(sel, layer, sort, normalise, cmap, count, min_tile=64)
-    st.image(grid, width=grid_width(layout),
+    st.image(grid, width=grid_width(layout), output_format="PNG",
              caption=f"{count} of {info.channels} channels, {flows.SORTS[sort]}, read left to right; "
                      f"{M.NORMALISATIONS[normalise]}"
                      + (f". Tiles are shrunk to {layout.tile} px (each pixel the mean of a box)."

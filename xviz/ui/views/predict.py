@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import numpy as np
 import streamlit as st
 
 from xviz.ui.cache import photo_jpeg, predictions
-from xviz.ui.presenter import projected
+from xviz.ui.drawn import drawn
+from xviz.ui.presenter import presenter, projected
 from xviz.ui.state import Selection
+
 
 def view_input(sel: Selection) -> None:
     """The photo and the picture the network reads (resized as its preprocessing says)."""
+    from xviz.figures.toolkit import png_bytes
+
     model = sel.model
     left, right = st.columns(2)
     left.image(photo_jpeg(sel), caption=f"Your image ({sel.image_name}), {sel.image.width}×{sel.image.height} px",
-               width="stretch")
-    right.image(model.preprocessing.resized(sel.image),
-                caption=f"What the model sees: {model.preprocessing.describe()}", width="stretch")
+               width="stretch", output_format="JPEG")
+    # lossless: these are exactly the pixels the network reads
+    seen = drawn(("input", sel.key), lambda: png_bytes(np.asarray(model.preprocessing.resized(sel.image))))
+    right.image(seen, caption=f"What the model sees: {model.preprocessing.describe()}", width="stretch",
+                output_format="PNG")
 
 
 def view_predictions(sel: Selection, k: int) -> list[tuple[str, float]]:
@@ -23,6 +30,5 @@ def view_predictions(sel: Selection, k: int) -> list[tuple[str, float]]:
     from xviz.figures import topk_bar
 
     preds = predictions(sel, k)
-    st.plotly_chart(projected(topk_bar(preds)), width="stretch")
+    st.plotly_chart(drawn(("topk", sel.key, k, presenter()), lambda: projected(topk_bar(preds))), width="stretch")
     return preds
-

@@ -50,14 +50,16 @@ def _depthwise(anat, name: str, *, key: str, controls: bool, downloads: bool) ->
     if controls:
         n = st.slider("Input channels shown", 1, min(cin, 64), n, key=f"{key}_n")
     cols = st.columns([2, 1, 2])
-    grid_in, _ = M.channel_grid(anat.inputs[:n], cmap=cmap, max_width=400, min_tile=56)
-    grid_k, _ = M.channel_grid(anat.kernels[:n], normalise="shared", cmap="RdBu_r", max_width=200,
-                               vrange=M.symmetric_range(anat.kernels[:n]), min_tile=30, gap_colour=200)
-    grid_dw, _ = M.channel_grid(anat.depthwise[:n], cmap=cmap, max_width=400, min_tile=56)
-    grid_in, grid_k, grid_dw = T.png_bytes(grid_in), T.png_bytes(grid_k), T.png_bytes(grid_dw)
-    cols[0].image(grid_in, caption=f"input channels 0–{n - 1} ({anat.info.input})")
-    cols[1].image(grid_k, caption="their 3×3 kernels (blue −, red +)")
-    cols[2].image(grid_dw, caption=f"depthwise maps 0–{n - 1}: same order, same count")
+    grid_in, pal_in, _ = M.channel_grid_indexed(anat.inputs[:n], cmap=cmap, max_width=400, min_tile=56)
+    grid_k, pal_k, _ = M.channel_grid_indexed(anat.kernels[:n], normalise="shared", cmap="RdBu_r", max_width=200,
+                                              vrange=M.symmetric_range(anat.kernels[:n]), min_tile=30,
+                                              gap_colour=200)
+    grid_dw, pal_dw, _ = M.channel_grid_indexed(anat.depthwise[:n], cmap=cmap, max_width=400, min_tile=56)
+    grid_in, grid_k, grid_dw = (T.png_bytes(grid_in, palette=pal_in), T.png_bytes(grid_k, palette=pal_k),
+                                T.png_bytes(grid_dw, palette=pal_dw))
+    cols[0].image(grid_in, output_format="PNG", caption=f"input channels 0–{n - 1} ({anat.info.input})")
+    cols[1].image(grid_k, output_format="PNG", caption="their 3×3 kernels (blue −, red +)")
+    cols[2].image(grid_dw, output_format="PNG", caption=f"depthwise maps 0–{n - 1}: same order, same count")
     c = st.number_input("Check one channel", 0, cin - 1, 0, key=f"{key}_dw_channel") if controls else 0
     err = flows.depthwise_check(anat, c)
     st.caption(f"Depthwise map {c} recomputed from input channel {c} and kernel {c} **alone**: max difference "
@@ -81,9 +83,9 @@ def _pointwise(anat, name: str, *, key: str, controls: bool, downloads: bool):
     st.latex(r"Y_o = \sum_{c=1}^{" + str(cin) + r"} W_{o,c}\, D_c \qquad o = 1,\dots," + str(cout))
     order = flows.channel_order(anat.pointwise, "mean")
     shown = min(cout, 128 if controls else 64)
-    grid_pw, layout_pw = M.channel_grid(anat.pointwise, order[:shown], cmap=cmap, min_tile=64)
-    grid_pw = T.png_bytes(grid_pw)
-    st.image(grid_pw, width=grid_width(layout_pw),
+    grid_pw, pal_pw, layout_pw = M.channel_grid_indexed(anat.pointwise, order[:shown], cmap=cmap, min_tile=64)
+    grid_pw = T.png_bytes(grid_pw, palette=pal_pw)
+    st.image(grid_pw, width=grid_width(layout_pw), output_format="PNG",
              caption=f"{shown} of the {cout} pointwise outputs, highest mean first ({cin * cout:,} weights)")
     if downloads:
         st.download_button("Download pointwise maps (PNG)", grid_pw, f"{name}_pointwise.png", "image/png",
