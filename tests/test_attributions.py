@@ -104,6 +104,26 @@ def test_gradcam_matches_captum_layergradcam(model, x):
     assert_model_untouched(model)
 
 
+def test_gradcam_from_features_is_gradcam_at_the_last_layer(model, x):
+    """From the features a forward already computed (the capture's, the eager network's exactly; a
+    prediction's, the fused copy's to ~1e-6), the head alone gives the same map, for any class."""
+    from xviz import flows
+
+    cap = flows.capture_views(model, x)
+    _, predicted = model.logits_and_features(x)
+    scale = float(gradcam_by_definition(model.net, x, 0, A.DEFAULT_LAYER).max())  # the predicted class's
+    assert scale > 0
+    for target in (0, 5, None):  # 5: spoon, an unlikely class (its map may be all zeros)
+        ref = gradcam_by_definition(model.net, x, 0 if target is None else target, A.DEFAULT_LAYER)
+        assert torch.equal(A.gradcam_from_features(model, cap.features, target), xviz.gradcam(model, x, target))
+        assert float((A.gradcam_from_features(model, predicted, target) - ref).abs().max()) / scale < 1e-5
+    with pytest.raises(ValueError, match="one image"):
+        A.gradcam_from_features(model, torch.cat([predicted, predicted]), 0)
+    with pytest.raises(ValueError, match="out of range"):
+        A.gradcam_from_features(model, predicted, 6)
+    assert_model_untouched(model)
+
+
 def test_gradcam_targets_and_layers(model, x, photos):
     by_index = xviz.gradcam(model, x, 0)
     assert torch.equal(by_index, xviz.gradcam(model, x, "Cup"))

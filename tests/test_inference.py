@@ -90,6 +90,26 @@ def test_micro_batched_logits_equal_batch_one(queue, kitchenware, inputs, gate):
     assert queue.served["largest_batch"] == I.batch_limit(150) == 8  # they really shared forwards
 
 
+def test_a_predictions_forward_serves_grad_cam_for_every_class(queue, kitchenware, inputs, gate):
+    """"forward" is micro-batched like "logits", and its features give the last layer's Grad-CAM
+    with the head alone ("gradcam_features"): the same map as a Grad-CAM request's own forward."""
+    from xviz import attributions as A
+
+    event, _ = _blocked(queue, kitchenware, inputs[0])
+    tickets = [queue.submit(kitchenware, "forward", x) for x in inputs]
+    event.set()
+    outs = [t.result(WAIT) for t in tickets]
+    assert queue.served["largest_batch"] == 8
+    for x, out in zip(inputs, outs):
+        assert rel_err(out.logits, kitchenware.logits(x)) <= 1e-5
+        assert out.features.shape == (1, 2048, 5, 5) and out.features.dtype == torch.float32
+    x, features = inputs[3], outs[3].features
+    for target in (None, 0, 4):
+        heat = queue.submit(kitchenware, "gradcam_features", features, target=target).result(WAIT)
+        assert heat.shape == (150, 150)
+        assert rel_err(heat, A.gradcam(kitchenware, x, target)) <= 1e-5
+
+
 def test_fast_mode_and_fp32_requests_never_share_a_batch(queue, kitchenware, inputs, gate):
     if kitchenware.fast_precision is None:
         pytest.skip(f"{kitchenware.device_name} has no fast mode (no native bf16, no CUDA)")

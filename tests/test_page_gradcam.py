@@ -71,3 +71,30 @@ def test_integrated_gradients_says_how_well_it_adds_up(page):
     at.slider(key="gc_steps").set_value(2).run()
     assert not at.exception
     assert mentions([w.value for w in at.warning] + [s.value for s in at.success], "**Adds up?**", "black", "2 steps")
+
+
+def test_default_map_after_a_prediction_runs_only_the_head(open_app, photo, monkeypatch):
+    """The prediction's forward kept the features the classifier head read, so the page's default map
+    (Grad-CAM at block14_sepconv2_act) costs the head alone, not a second pass through the network."""
+    import dataclasses
+    import io
+
+    from xviz import inference as I
+
+    computed = []
+    for name in ("forward", "logits", "attribution", "gradcam_features"):
+        op = I.OPS[name]
+        monkeypatch.setitem(I.OPS, name, dataclasses.replace(
+            op, fn=lambda *a, _fn=op.fn, _name=name, **k: computed.append(_name) or _fn(*a, **k)))
+    buf = io.BytesIO()
+    photo.rotate(17).save(buf, format="PNG")  # a picture no other test used: not in the app's stores
+    at = open_app()
+    at.sidebar.radio(key="image_source").set_value("Upload").run()
+    computed.clear()  # the example photo's prediction, when this process had not made it yet
+    at.sidebar.get("file_uploader")[0].set_value(("rotated.png", buf.getvalue(), "image/png"))
+    at.run()
+    assert computed == ["forward"]  # the Predict page: logits and features from one forward
+    at.switch_page("pages/gradcam.py").run()
+    assert not at.exception
+    assert computed == ["forward", "gradcam_features"]
+    assert mentions(image_captions(at), "Grad-CAM", "block14_sepconv2_act")

@@ -216,6 +216,18 @@ class Predictor:
                 return self.net(x).float()
         return self.net(x)
 
+    def features(self, x: torch.Tensor, fast: bool = False) -> torch.Tensor:
+        """``block14_sepconv2_act`` of ``x`` (N, 2048, h, w): what the classifier head reads, from a
+        fused copy where ready (fp32: same numbers to ~1e-6 relative), else eager; in the forward's
+        precision (bf16 or fp16 in fast mode)."""
+        copy = self._copy_for(x, self._dtype(fast))
+        if copy is not None:
+            return copy.forward_features(x)
+        if fast and self.fast_precision == "fp16":
+            with torch.autocast(x.device.type, torch.float16):
+                return self.net.forward_features(x)
+        return self.net.forward_features(x)
+
     def embedding(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 2048) pooled features of ``x``, as ``net.forward_head(..., pre_logits=True)``: the fp32
         fused copy where ready (same numbers to ~1e-6 relative), else eager. Never fast mode's bf16:

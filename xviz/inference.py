@@ -4,8 +4,9 @@ A class of 30 shares one machine. Instead of 30 script threads taking turns on t
 (each forward running alone, in whatever order the GIL picks), every request goes into a queue and
 one worker thread per loaded model serves it:
 
-* **Cheap requests** (``"logits"``, ``"embedding"``: one forward, no gradient) are served first, in
-  arrival order, and *micro-batched*: requests that arrive while the network is busy and need the
+* **Cheap requests** (``"logits"``, ``"forward"`` (logits and the features the head read),
+  ``"embedding"``: one forward, no gradient; ``"gradcam_features"``: Grad-CAM at the last layer from
+  those features, the head only) are served first, in arrival order, and *micro-batched*: requests that arrive while the network is busy and need the
   same model at the same input size go through it together, up to :func:`batch_limit` images.
 * **Heavy requests** (``"capture"``, ``"attribution"``, ``"integrated_gradients"``, ``"deletion"``,
   ``"randomisation"``) run one at a time in arrival order. A long one yields between its passes: at
@@ -169,7 +170,8 @@ class Backend(abc.ABC):
 
         Args:
             model: the :class:`xviz.LoadedModel` to run.
-            op: what to compute, a key of :data:`OPS` (``"logits"``, ``"embedding"``, ``"capture"``,
+            op: what to compute, a key of :data:`OPS` (``"logits"``, ``"forward"``, ``"embedding"``,
+                ``"gradcam_features"`` (``x``: a ``"forward"``'s features), ``"capture"``,
                 ``"attribution"``, ``"integrated_gradients"`` (IG's map with its completeness),
                 ``"deletion"``, ``"randomisation"``).
             x: one preprocessed image, (1, 3, S, S) (``model.preprocess(img)``).
@@ -210,6 +212,10 @@ class Backend(abc.ABC):
         """Where ``model``'s requests are computed, in words, for the status line."""
         return "in this process"
 
+    def remote_ops(self) -> tuple[str, ...]:
+        """The ops this backend sends to other machines (none here); the others run in this process."""
+        return ()
+
     def problem(self) -> str | None:
         """Why inference does not run where it was configured to, or None (a sentence for the app)."""
         return None
@@ -239,6 +245,28 @@ class Op:
 
 def _logits(model, x, progress, **_):
     return model.logits(x)
+
+
+@dataclass(frozen=True)
+class Forward:
+    """A batch's logits and the features the head read to give them, from one forward pass
+    (:meth:`xviz.LoadedModel.logits_and_features`); ``forward[i:i + 1]`` is one image's share."""
+
+    logits: torch.Tensor  # (N, classes) float32, CPU
+    features: torch.Tensor  # (N, 2048, h, w) float32, CPU: block14_sepconv2_act
+
+    def __getitem__(self, rows: slice) -> "Forward":
+        return Forward(self.logits[rows], self.features[rows])
+
+
+def _forward(model, x, progress, **_):
+    return Forward(*model.logits_and_features(x))
+
+
+def _gradcam_features(model, x, progress, *, target=None, **_):
+    from . import attributions
+
+    return attributions.gradcam_from_features(model, x, target)
 
 
 def _embedding(model, x, progress, **_):
@@ -294,6 +322,10 @@ def _attribution_cost(params: dict) -> float:
 
 OPS: dict[str, Op] = {op.name: op for op in (
     Op("logits", _logits, heavy=False, batchable=True, cost=1.0),
+    # logits plus the features Grad-CAM at the last layer starts from (~0.2 MB an image at 150 px)
+    Op("forward", _forward, heavy=False, batchable=True, cost=1.0),
+    # x is the "forward" op's features, not an image: only the head runs, forward and backward
+    Op("gradcam_features", _gradcam_features, heavy=False, cost=0.02),
     Op("embedding", _embedding, heavy=False, batchable=True, cost=1.0),
     Op("capture", _capture, heavy=True, cost=1.2),
     Op("attribution", _attribution, heavy=True, cost=_attribution_cost),

@@ -102,6 +102,24 @@ class LoadedModel:
         return out.float().cpu()
 
     @torch.no_grad()
+    def logits_and_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, features) of a preprocessed batch from ONE forward, both float32 on the CPU.
+
+        ``features`` is ``block14_sepconv2_act`` (N, 2048, h, w), the map the classifier head read to
+        give these logits: Grad-CAM at that layer starts from it
+        (:func:`xviz.attributions.gradcam_from_features`), so one prediction serves the map of every
+        class. Computed like :meth:`logits` (the fused copy once it is ready for the input size).
+        """
+        x = x.to(self.device)
+        predictor = self._own_predictor()
+        with self.lock:
+            features = predictor.features(x, fast=self.fast) if predictor is not None else self.net.forward_features(x)
+            logits = self.net.forward_head(features.float())
+        if predictor is not None:
+            predictor.prepare(x.shape, fast=self.fast)
+        return logits.float().cpu(), features.float().contiguous().cpu()
+
+    @torch.no_grad()
     def embedding(self, x: torch.Tensor) -> torch.Tensor:
         """(N, F) image embeddings: the global average of ``block14_sepconv2_act``, the features the
         classifier head reads (F = 2048). Computed like :meth:`logits` (the fused copy once it is ready

@@ -216,6 +216,9 @@ class RemoteBackend(I.Backend):
 
     # -- Backend -----------------------------------------------------------------------------
 
+    def remote_ops(self) -> tuple[str, ...]:
+        return REMOTE_OPS
+
     def submit(self, model, op: str, x: torch.Tensor, *, key: Hashable | None = None,
                session: Hashable | None = None, **params) -> I.Ticket:
         if not self._serves(model, op, params):

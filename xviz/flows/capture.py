@@ -32,6 +32,9 @@ class FlowCapture:
             ``terms`` = |beta| + |scale * mean|, the size of the intermediate terms of the network's
             own formula, which bounds how far the two ways of computing BN can differ.
         logits: (num_classes,) float32 of the same forward pass (empty for a backbone without head).
+        features: (1, 2048, h, w) float32 ``block14_sepconv2_act`` of the same pass, exactly as the
+            head read it (on the model's device): Grad-CAM at that layer starts from it
+            (:func:`xviz.attributions.gradcam_from_features`).
         conv_roundoff: unit roundoff of the network's own convolutions (2^-24 in float32; 2^-11
             where CUDA ran them in TF32), used by the checks' tolerances.
     """
@@ -42,6 +45,7 @@ class FlowCapture:
     plan: dict[str, PlanEntry]
     bn: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
     logits: np.ndarray
+    features: torch.Tensor | None = None
     dtype: np.dtype = field(default=np.dtype(STORE_DTYPE))
     conv_roundoff: float = 2.0 ** -24
 
@@ -52,8 +56,9 @@ class FlowCapture:
     @property
     def nbytes(self) -> int:
         """Bytes held by the stored maps (the BN vectors and the image add well under 1 MB)."""
+        features = 0 if self.features is None else self.features.numel() * self.features.element_size()
         return sum(t.numel() * t.element_size() for t in self.maps.values()) + sum(
-            sum(v.nbytes for v in vectors) for vectors in self.bn.values()) + self.image.nbytes
+            sum(v.nbytes for v in vectors) for vectors in self.bn.values()) + self.image.nbytes + features
 
     def shape(self, name: str) -> tuple[int, int, int]:
         entry = self._entry(name)
@@ -147,7 +152,8 @@ def capture_views(model, x: torch.Tensor, *, dtype=STORE_DTYPE) -> FlowCapture:
     # layout (channels-last): a (C, H, W) array whose memory runs channel-fastest. Converting after
     # the forward costs ~0.2x of a forward pass more, and to C order more still (bench/bench_capture.py).
     with model.lock, capture(net, names, keep=lambda t: t[0].to(torch_dtype, copy=True)) as store, torch.no_grad():
-        logits = net(x.to(next(net.parameters()).device))
+        features = net.forward_features(x.to(next(net.parameters()).device))
+        logits = net.forward_head(features)
     maps = {name: store.pop(name) for name in names}
     device = next(net.parameters()).device
     tf32 = device.type == "cuda" and torch.backends.cudnn.allow_tf32
@@ -156,7 +162,7 @@ def capture_views(model, x: torch.Tensor, *, dtype=STORE_DTYPE) -> FlowCapture:
     image = _display(x, pre.mean, pre.std) if pre is not None else _display(x, 0.5, 0.5)
     return FlowCapture(int(x.shape[-1]), image, maps, {e.name: e for e in plan}, bn,
                        logits[0].float().cpu().numpy() if logits.dim() == 2 else np.zeros(0, np.float32),
-                       np.dtype(dtype), 2.0 ** -11 if tf32 else 2.0 ** -24)
+                       features.float(), np.dtype(dtype), 2.0 ** -11 if tf32 else 2.0 ** -24)
 
 
 # -- per-layer statistics and channel order -----------------------------------------------------

@@ -127,7 +127,16 @@ def decode_image(image_key: str, data: bytes) -> Image.Image:
 # One forward per (model, image, input size) for everything without a gradient: the logits are kept
 # per image, and predictions and top classes of any k are read from them; a capture's own forward
 # fills them too, so a student who opened the maps first costs no second forward for predictions.
+# The same forward keeps the features the classifier head read (block14_sepconv2_act): Grad-CAM at
+# that layer, the Grad-CAM page's default, then runs the head alone for any class (attribution_map).
 _logits = Results(maxsize=512)  # (classes,) float32: 4 kB an image for ImageNet
+_features = Results(maxsize=128 * 2**20, getsizeof=lambda t: t.numel() * t.element_size())  # 0.2 MB at 150 px
+
+
+def _prediction_op(model: xviz.LoadedModel) -> str:
+    # "forward" also returns the features; an inference service answers "logits" only, and fast
+    # mode's features are not float32 (Grad-CAM then makes its own forward, in float32)
+    return "logits" if model.fast or "logits" in inference.backend().remote_ops() else "forward"
 
 
 def logits(sel: Selection) -> np.ndarray:
@@ -139,9 +148,16 @@ def logits(sel: Selection) -> np.ndarray:
         cap = _captures.get((model.key, sel.image_key, model.input_size))
         if cap is not None and cap.logits.size:
             return _logits.put(key, cap.logits)
+    op = _prediction_op(model)
+
+    def finish(out):
+        if isinstance(out, inference.Forward):
+            _features.put(key, out.features)
+            out = out.logits
+        return _frozen(out[0].numpy())
+
     return computed(_logits, key, lambda: inference.backend().submit(
-        model, "logits", model.preprocess(sel.image), key=("logits", *key), session=session_id()),
-        "Predicting", finish=lambda out: _frozen(out[0].numpy()))
+        model, op, model.preprocess(sel.image), key=(op, *key), session=session_id()), "Predicting", finish=finish)
 
 
 def predictions(sel: Selection, k: int) -> list[tuple[str, float]]:
@@ -269,6 +285,7 @@ def flow_capture(sel: Selection):
     def keep(cap):
         if cap.logits.size:
             _logits.put((model_key, image_key), _frozen(cap.logits))
+            _features.put((model_key, image_key), cap.features)
         return cap
 
     return computed(_captures, key, lambda: inference.backend().submit(
@@ -364,6 +381,10 @@ def attribution_map(sel: Selection, method: str, layer: str, target: int, option
         return ig_result(sel, target, options).map
     layer = layer if spec.uses_layer else ""
     key = ("map", sel.model.key, sel.image_key, sel.model.input_size, method, layer, target, options)
+    features = _features.get((sel.model.key, sel.image_key)) if (method, layer) == ("gradcam", A.DEFAULT_LAYER) else None
+    if features is not None:  # the prediction's forward already reached this layer: the head alone is left
+        return _stored(key, sel.model, "gradcam_features", features, f"Computing {spec.title}",
+                       lambda heat: _frozen(heat.numpy()), target=target)
     return _stored(key, sel.model, "attribution", sel.model.preprocess(sel.image), f"Computing {spec.title}",
                    lambda heat: _frozen(heat.numpy()), target=target, method=method,
                    **({"layer": layer} if layer else {}), **dict(options))
