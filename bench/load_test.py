@@ -174,6 +174,7 @@ async def run_class(url: str, n: int, all_pages: bool) -> tuple[list[SessionLog]
     warm["pages_visited"] = [p for _, p in pages]
 
     photos = unique_photos(n)
+    invalid_cases()  # built (and cached) now: building the decompression bombs takes the client ~1 s of CPU
     gate = asyncio.Event()
     tasks = []
     for i in range(n):
