@@ -34,6 +34,13 @@ import gc
 # (bench/load_test.py --all-pages): the app imports it here, once, before any page runs.
 import pandas  # noqa: F401
 
+from xviz.figures import toolkit as _toolkit
+
+# Colour tables come from matplotlib, imported on first use: ~0.3 s with the GIL held, which the first
+# of thirty students opening Feature maps at once made everyone wait for. Drawn here, at server start.
+for _cmap in (*_toolkit.COLORMAPS, _toolkit.SIGNED_COLORMAP):
+    _toolkit.lut(_cmap)
+
 # what pages/* and app.py call
 from xviz.ui.cache import (architecture, configure_torch, flow_capture, layer_summary, layer_table, ledger,
                            predictions, start_background_work, tour_facts, zoo_counts, zoo_latency)
