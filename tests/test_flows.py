@@ -106,6 +106,30 @@ def test_capture_runs_exactly_one_forward(model, photo):
         cap.channel(name, 0)
 
 
+def test_a_batched_capture_equals_single_ones(captures, model, photo):
+    """What the queue does when several students open the maps at once: one pass for N images, and
+    each capture the same as its own single pass (float32 storage, so differences show)."""
+    x = model.preprocess(photo)
+    xs = torch.cat([x, model.preprocess(photo.rotate(90)), x.flip(-1)])
+    batch = flows.capture_views_batch(model, xs, dtype=np.float32)
+    assert len(batch) == 3
+    single = captures["fp32"]
+    for name in ("block1_conv1_act", "block4_add", "block13_sepconv2", "block14_sepconv2_act"):
+        ref = single.map(name)
+        assert np.abs(batch[0].map(name) - ref).max() <= 1e-5 * np.abs(ref).max()
+        # each image owns its maps: the store evicts captures one at a time
+        assert batch[0].maps.get(name) is None or batch[0].maps[name].untyped_storage().nbytes() == \
+            batch[0].maps[name].numel() * batch[0].maps[name].element_size()
+    flipped = flows.capture_views(model, x.flip(-1), dtype=np.float32)
+    assert np.abs(batch[2].map("block2_add") - flipped.map("block2_add")).max() <= 1e-5 * np.abs(
+        flipped.map("block2_add")).max()
+    assert np.allclose(batch[2].logits, flipped.logits, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(batch[0].features, single.features, rtol=1e-5, atol=1e-6)
+    assert np.array_equal(batch[0].image, single.image) and not np.array_equal(batch[1].image, single.image)
+    with pytest.raises(ValueError, match="one preprocessed image"):
+        flows.capture_views(model, xs)
+
+
 @pytest.mark.parametrize("name", ["block2_sepconv1", "block4_sepconv2", "block7_sepconv3", "block14_sepconv2"])
 def test_pointwise_is_the_sum_of_its_contributions(captures, model, name):
     exact = flows.separable_anatomy(model, captures["fp32"], name)

@@ -110,6 +110,20 @@ def test_a_predictions_forward_serves_grad_cam_for_every_class(queue, kitchenwar
         assert rel_err(heat, A.gradcam(kitchenware, x, target)) <= 1e-5
 
 
+def test_captures_waiting_together_share_one_pass(queue, kitchenware, inputs, gate):
+    """Heavy requests keep arrival order, but captures right behind each other go through together."""
+    event, _ = _blocked(queue, kitchenware, inputs[0])
+    captures = [queue.submit(kitchenware, "capture", x) for x in inputs[:3]]
+    grad_cam = queue.submit(kitchenware, "attribution", inputs[3], target=0)
+    later = queue.submit(kitchenware, "capture", inputs[4])
+    event.set()
+    results = [t.result(WAIT) for t in captures + [later]]
+    assert grad_cam.result(WAIT).shape == (150, 150)
+    assert queue.served["largest_batch"] == 3  # the three in a row; the one after Grad-CAM alone
+    for x, cap in zip(inputs[:3] + inputs[4:5], results):
+        assert rel_err(torch.from_numpy(cap.logits), kitchenware.logits(x)[0]) <= 1e-5
+
+
 def test_fast_mode_and_fp32_requests_never_share_a_batch(queue, kitchenware, inputs, gate):
     if kitchenware.fast_precision is None:
         pytest.skip(f"{kitchenware.device_name} has no fast mode (no native bf16, no CUDA)")

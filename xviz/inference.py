@@ -230,8 +230,9 @@ class Op:
     Attributes:
         name: the op's name in requests.
         fn: ``fn(model, x, progress, **params)``; for a batchable op ``x`` is (N, 3, S, S) and the
-            result has N rows, one per image, in order.
-        heavy: served after every waiting cheap request, one at a time, in arrival order.
+            result has N rows, one per image, in order (``out[i:i + 1]``), or is a list of N results.
+        heavy: served after every waiting cheap request, one at a time, in arrival order (a batchable
+            one together with the same requests right behind it).
         batchable: images with the same (model, input size, params) may share one call.
         cost: prior cost in forward passes, for waiting-time estimates before one was measured.
     """
@@ -276,7 +277,8 @@ def _embedding(model, x, progress, **_):
 def _capture(model, x, progress, **params):
     from . import flows
 
-    return flows.capture_views(model, x, **params)
+    captures = flows.capture_views_batch(model, x, **params)
+    return captures[0] if len(captures) == 1 else captures
 
 
 def _attribution(model, x, progress, *, target=None, method="gradcam", **params):
@@ -327,7 +329,7 @@ OPS: dict[str, Op] = {op.name: op for op in (
     # x is the "forward" op's features, not an image: only the head runs, forward and backward
     Op("gradcam_features", _gradcam_features, heavy=False, cost=0.02),
     Op("embedding", _embedding, heavy=False, batchable=True, cost=1.0),
-    Op("capture", _capture, heavy=True, cost=1.2),
+    Op("capture", _capture, heavy=True, batchable=True, cost=1.2),
     Op("attribution", _attribution, heavy=True, cost=_attribution_cost),
     Op("integrated_gradients", _integrated_gradients, heavy=True,
        cost=lambda p: _attribution_cost({**p, "method": "integrated_gradients"})),

@@ -70,7 +70,7 @@ class _Costs:
         per = seconds / images
         old = self.seconds.get(job.cost_key)
         self.seconds[job.cost_key] = per if old is None else old + self.alpha * (per - old)
-        if not job.op.heavy:
+        if not job.op.heavy and job.op.batchable:  # a forward of the image (not the head alone)
             fk = (_model_id(job.model), job.size)
             old = self.forward.get(fk)
             self.forward[fk] = per if old is None else old + self.alpha * (per - old)
@@ -125,13 +125,25 @@ class _Worker:
                     break  # arrival order is kept: no overtaking a job of another kind
         return batch
 
-    def _next_heavy(self) -> _Job | None:
-        while self.heavy:
-            job = self.heavy.popleft()
-            if job.tickets:
-                return job
-            self.queue._drop(job)
-        return None
+    def _next_heavy(self) -> list[_Job]:
+        """The first live heavy job and, for a batchable op, the live jobs right behind it that can
+        share its pass (arrival order kept, as for cheap jobs)."""
+        while self.heavy and not self.heavy[0].tickets:
+            self.queue._drop(self.heavy.popleft())
+        if not self.heavy:
+            return []
+        batch = [self.heavy.popleft()]
+        if batch[0].op.batchable:
+            limit, bkey = self.queue.batch_limit(batch[0].size), batch[0].batch_key
+            while self.heavy and len(batch) < limit:
+                job = self.heavy[0]
+                if not job.tickets:
+                    self.queue._drop(self.heavy.popleft())
+                elif job.batch_key == bkey:
+                    batch.append(self.heavy.popleft())
+                else:
+                    break
+        return batch
 
     def _loop(self) -> None:
         q = self.queue
@@ -140,10 +152,7 @@ class _Worker:
                 batch: list[_Job] = []
                 deadline = time.monotonic() + q.idle_exit_s
                 while not q._closed:
-                    batch = self._next_cheap()
-                    if not batch:
-                        job = self._next_heavy()
-                        batch = [job] if job else []
+                    batch = self._next_cheap() or self._next_heavy()
                     if batch:
                         break
                     left = deadline - time.monotonic()
@@ -163,7 +172,7 @@ class _Worker:
                     self.running = [j for j in self.running if j not in batch]
 
     def _run(self, batch: list[_Job]) -> None:
-        """Compute ``batch`` (one heavy job, or cheap jobs sharing a forward); no lock held."""
+        """Compute ``batch`` (one job, or jobs sharing a forward); no lock held."""
         first, q = batch[0], self.queue
         t0 = time.perf_counter()
         if len(batch) == 1:
@@ -194,7 +203,7 @@ class _Worker:
             q.served["batches"] += 1
             q.served["largest_batch"] = max(q.served["largest_batch"], len(batch))
         for i, job in enumerate(batch):
-            q._finish(job, value=out[i:i + 1])
+            q._finish(job, value=out[i] if isinstance(out, list) else out[i:i + 1])
 
     def _progress_fn(self, job: _Job) -> ProgressFn:
         """Progress of a long job: record it, stop if abandoned, and serve waiting cheap requests."""

@@ -28,7 +28,8 @@ Structure
     block (input/output shape, parameters, residual type).
 """
 
-from .capture import STORE_DTYPE, FlowCapture, LayerStats, SORTS, capture_views, channel_order, layer_stats
+from .capture import (STORE_DTYPE, FlowCapture, LayerStats, SORTS, capture_views, capture_views_batch, channel_order,
+                      layer_stats)
 from .checks import (BatchNormParams, Contributions, ResidualView, SeparableAnatomy, depthwise_check,
                      pointwise_contributions, residual_view, separable_anatomy)
 from .structure import (FLOW_TITLES, KIND_TEXT, BlockSummary, LayerInfo, PlanEntry, SeparableInfo, architecture,
