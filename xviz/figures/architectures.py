@@ -95,7 +95,7 @@ def blocks_side_by_side(blocks: "list[tuple[str, pd.DataFrame]]") -> go.Figure:
     """
     convs = [(title, rows[rows["kind"] != "BN"]) for title, rows in blocks]
     widest = max(max(int(r["in_channels"].iloc[0]), int(r["out_channels"].max())) for _, r in convs)
-    fig = go.Figure()
+    shapes, notes = [], []  # added in one go: add_shape/add_annotation one at a time re-check the whole list
     depth = max(len(r) for _, r in convs) + 1
     for col, (title, rows) in enumerate(convs):
         cx = col * 3.2
@@ -110,13 +110,13 @@ def blocks_side_by_side(blocks: "list[tuple[str, pd.DataFrame]]") -> go.Figure:
         for i, (kind, color, channels, label) in enumerate(boxes):
             y = depth - i
             half = max(channels / widest, 0.04) * 1.4
-            fig.add_shape(type="rect", x0=cx - half, x1=cx + half, y0=y - 0.32, y1=y + 0.32, fillcolor=color,
-                          opacity=0.75, line=dict(width=0))
-            fig.add_annotation(x=cx, y=y - 0.32, text=label, showarrow=False, yanchor="top", font=dict(size=11))
-        fig.add_annotation(x=cx, y=depth + 0.7, text=f"<b>{title}</b>", showarrow=False, font=dict(size=13))
+            shapes.append(dict(type="rect", x0=cx - half, x1=cx + half, y0=y - 0.32, y1=y + 0.32, fillcolor=color,
+                               opacity=0.75, line=dict(width=0)))
+            notes.append(dict(x=cx, y=y - 0.32, text=label, showarrow=False, yanchor="top", font=dict(size=11)))
+        notes.append(dict(x=cx, y=depth + 0.7, text=f"<b>{title}</b>", showarrow=False, font=dict(size=13)))
         totals = f"block: {int(rows['params'].sum()):,} params · {rows['macs'].sum() / 1e6:,.1f} M MACs"
-        fig.add_annotation(x=cx, y=depth - len(boxes) + 0.2, text=totals, showarrow=False, font=dict(size=12))
-    fig.update_xaxes(visible=False, range=[-1.8, 3.2 * (len(convs) - 1) + 1.8])
-    fig.update_yaxes(visible=False, range=[depth - max(len(r) for _, r in convs) - 1.2, depth + 1])
-    fig.update_layout(height=150 + 95 * depth, margin=dict(l=10, r=10, t=10, b=10), showlegend=False)
-    return fig
+        notes.append(dict(x=cx, y=depth - len(boxes) + 0.2, text=totals, showarrow=False, font=dict(size=12)))
+    return go.Figure(layout=dict(
+        shapes=shapes, annotations=notes, height=150 + 95 * depth, margin=dict(l=10, r=10, t=10, b=10),
+        showlegend=False, xaxis=dict(visible=False, range=[-1.8, 3.2 * (len(convs) - 1) + 1.8]),
+        yaxis=dict(visible=False, range=[depth - max(len(r) for _, r in convs) - 1.2, depth + 1])))

@@ -224,26 +224,26 @@ def channel_figure(values: np.ndarray, *, title: str = "", cmap: str = "viridis"
     vmax = float(values.max()) if vmax is None else vmax
     rgb = channel_picture(values, cmap=cmap, side=side, image=image, alpha=alpha, vmin=vmin, vmax=vmax)
     dx, dy = w / rgb.shape[1], h / rgb.shape[0]  # map pixels per picture pixel
-    fig = go.Figure(go.Image(source=data_uri(rgb, photo=image is not None), x0=-0.5 + dx / 2, dx=dx,
-                             y0=-0.5 + dy / 2, dy=dy, hoverinfo="skip"))
     ch, cw = min(h, hover_cells), min(w, hover_cells)
     cells = downsample(values[None], ch, cw)[0] if (ch, cw) != (h, w) else values
     ys = (np.arange(ch) + 0.5) * h / ch - 0.5
     xs = (np.arange(cw) + 0.5) * w / cw - 0.5
     what = "value" if (ch, cw) == (h, w) else f"mean of ~{h / ch:.1f}×{w / cw:.1f} px"
-    fig.add_trace(go.Heatmap(
-        z=np.round(cells, 4), x=np.round(xs, 2), y=np.round(ys, 2), showscale=False, hoverongaps=False,
-        colorscale=[[0, "rgba(0,0,0,0)"], [1, "rgba(0,0,0,0)"]],
-        hovertemplate=f"x %{{x:.0f}}, y %{{y:.0f}}<br>{what}: %{{z:.4g}}<extra></extra>"))
-    fig.add_trace(go.Scatter(  # a colour bar for the picture: one invisible point carries the scale
-        x=[None], y=[None], mode="markers", showlegend=False, hoverinfo="skip",
-        marker=dict(colorscale=plotly_colorscale(cmap), cmin=vmin, cmax=vmax, color=[vmin],
-                    showscale=True, colorbar=dict(thickness=12, len=0.9))))
-    fig.update_layout(title=title or None, height=height, margin=dict(l=10, r=10, t=40 if title else 10, b=10),
-                      xaxis=dict(showgrid=False, zeroline=False, range=[-0.5, w - 0.5], constrain="domain"),
-                      yaxis=dict(showgrid=False, zeroline=False, range=[h - 0.5, -0.5], scaleanchor="x"),
-                      plot_bgcolor="white")
-    return fig
+    return go.Figure(
+        data=[go.Image(source=data_uri(rgb, photo=image is not None), x0=-0.5 + dx / 2, dx=dx,
+                       y0=-0.5 + dy / 2, dy=dy, hoverinfo="skip"),
+              go.Heatmap(z=np.round(cells, 4), x=np.round(xs, 2), y=np.round(ys, 2), showscale=False,
+                         hoverongaps=False, colorscale=[[0, "rgba(0,0,0,0)"], [1, "rgba(0,0,0,0)"]],
+                         hovertemplate=f"x %{{x:.0f}}, y %{{y:.0f}}<br>{what}: %{{z:.4g}}<extra></extra>"),
+              go.Scatter(  # a colour bar for the picture: one invisible point carries the scale
+                  x=[None], y=[None], mode="markers", showlegend=False, hoverinfo="skip",
+                  marker=dict(colorscale=plotly_colorscale(cmap), cmin=vmin, cmax=vmax, color=[vmin],
+                              showscale=True, colorbar=dict(thickness=12, len=0.9)))],
+        layout=dict(title=dict(text=title) if title else None, height=height,
+                    margin=dict(l=10, r=10, t=40 if title else 10, b=10),
+                    xaxis=dict(showgrid=False, zeroline=False, range=[-0.5, w - 0.5], constrain="domain"),
+                    yaxis=dict(showgrid=False, zeroline=False, range=[h - 0.5, -0.5], scaleanchor="x"),
+                    plot_bgcolor="white"))
 
 
 # -- what a figure costs to send -------------------------------------------------------------------
@@ -265,25 +265,24 @@ def size_strip(stages: Sequence[tuple[str, int, int]], highlight: str | None = N
     if not stages:
         raise ValueError("no stages to draw")
     biggest = max(s for _, s, _ in stages)
-    fig = go.Figure()
     x = 0.0
-    xs, labels, hover = [], [], []
+    xs, labels, hover, shapes = [], [], [], []
     for label, size, channels in stages:
         side = max(0.08, (size / biggest) ** 0.5)  # sqrt: 10×10 stays visible next to 299×299
         colour = "#ff7f0e" if label == highlight else "#1f77b4"
-        fig.add_shape(type="rect", x0=x, x1=x + side, y0=0, y1=side, line=dict(color=colour, width=1),
-                      fillcolor=colour, opacity=0.85 if label == highlight else 0.35)
+        shapes.append(dict(type="rect", x0=x, x1=x + side, y0=0, y1=side, line=dict(color=colour, width=1),
+                           fillcolor=colour, opacity=0.85 if label == highlight else 0.35))
         xs.append(x + side / 2)
         labels.append(f"<b>{label}</b><br>{size}×{size}<br>{channels:,} ch")
         hover.append(f"{label}: {size}×{size} pixels, {channels:,} channels "
                      f"({size * size * channels:,} values)")
         x += side + 0.25
-    fig.add_trace(go.Scatter(x=xs, y=[-0.05] * len(xs), mode="text", text=labels, textposition="bottom center",
-                             hovertext=hover, hoverinfo="text", showlegend=False, textfont=dict(size=11)))
-    fig.update_layout(height=height, margin=dict(l=5, r=5, t=5, b=5), plot_bgcolor="white",
-                      xaxis=dict(visible=False, range=[-0.2, x]),
-                      yaxis=dict(visible=False, range=[-0.75, 1.05]))
-    return fig
+    # shapes in one go: add_shape one at a time checks the whole list again each time
+    return go.Figure(
+        data=[go.Scatter(x=xs, y=[-0.05] * len(xs), mode="text", text=labels, textposition="bottom center",
+                         hovertext=hover, hoverinfo="text", showlegend=False, textfont=dict(size=11))],
+        layout=dict(shapes=shapes, height=height, margin=dict(l=5, r=5, t=5, b=5), plot_bgcolor="white",
+                    xaxis=dict(visible=False, range=[-0.2, x]), yaxis=dict(visible=False, range=[-0.75, 1.05])))
 
 
 # -- the architecture diagram -------------------------------------------------------------------
