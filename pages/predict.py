@@ -9,6 +9,8 @@ ui.page_header("What does Xception see?",
                "passes through 36 convolution layers. Here is what came out.")
 sel = ui.current()
 model = sel.model
+if model.has_head:
+    ui.start_prediction(sel)  # the network reads the photo while the page draws it
 
 ui.view_input(sel)
 

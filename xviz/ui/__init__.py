@@ -43,7 +43,8 @@ for _cmap in (*_toolkit.COLORMAPS, _toolkit.SIGNED_COLORMAP):
 
 # what pages/* and app.py call
 from xviz.ui.cache import (architecture, configure_torch, flow_capture, layer_summary, layer_table, ledger,
-                           predictions, start_background_work, tour_facts, zoo_counts, zoo_latency)
+                           predictions, start_background_work, start_prediction, tour_facts, zoo_counts,
+                           zoo_latency)
 from xviz.ui.drawn import drawn
 from xviz.ui.presenter import colormap, presenter
 from xviz.ui.sidebar import camera_blocked, example_images, sidebar

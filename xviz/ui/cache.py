@@ -141,23 +141,38 @@ def _prediction_op(model: xviz.LoadedModel) -> str:
 
 def logits(sel: Selection) -> np.ndarray:
     """(classes,) float32 logits of the selected image (one queued, micro-batched forward, kept)."""
-    model = sel.model
-    key = (model.key, sel.image_key)
+    key = (sel.model.key, sel.image_key)
     hit = _logits.get(key)
     if hit is None:
-        cap = _captures.get((model.key, sel.image_key, model.input_size))
+        cap = _captures.get((sel.model.key, sel.image_key, sel.model.input_size))
         if cap is not None and cap.logits.size:
             return _logits.put(key, cap.logits)
-    op = _prediction_op(model)
+    return computed(_logits, key, lambda: _submit_prediction(sel), "Predicting",
+                    finish=lambda out: _keep_prediction(key, out))
 
-    def finish(out):
-        if isinstance(out, inference.Forward):
-            _features.put(key, out.features)
-            out = out.logits
-        return _frozen(out[0].numpy())
 
-    return computed(_logits, key, lambda: inference.backend().submit(
-        model, op, model.preprocess(sel.image), key=(op, *key), session=session_id()), "Predicting", finish=finish)
+def start_prediction(sel: Selection) -> None:
+    """Queue the selected image's prediction without waiting for it: the page draws the photo while
+    the network reads it, and :func:`logits` then joins the same request (or finds its result)."""
+    key = (sel.model.key, sel.image_key)
+    if _logits.get(key) is None:
+        ticket = _submit_prediction(sel)
+        ticket.future.add_done_callback(
+            lambda f: None if f.cancelled() or f.exception() else _logits.put(key, _keep_prediction(key, f.result())))
+
+
+def _submit_prediction(sel: Selection) -> inference.Ticket:
+    model, op = sel.model, _prediction_op(sel.model)
+    return inference.backend().submit(model, op, model.preprocess(sel.image), key=(op, model.key, sel.image_key),
+                                      session=session_id())
+
+
+def _keep_prediction(key: tuple, out) -> np.ndarray:
+    """The logits of a prediction's answer; a "forward" also leaves its features for Grad-CAM."""
+    if isinstance(out, inference.Forward):
+        _features.put(key, out.features)
+        out = out.logits
+    return _frozen(out[0].numpy())
 
 
 def predictions(sel: Selection, k: int) -> list[tuple[str, float]]:
