@@ -36,7 +36,7 @@ if str(ROOT) not in sys.path:
 
 from bench.appserver import RssSampler, streamlit_server  # noqa: E402
 from bench.load_test import RSS_BUDGET, SessionLog, check, find_page, step_table, unique_photos  # noqa: E402
-from bench.wsclient import ClientError, StreamlitSession  # noqa: E402
+from bench.wsclient import ClientError, StreamlitSession, own_connections  # noqa: E402
 
 CLASSES = ("cup", "plate")  # names only: what matters here is memory and time, not what is taught
 
@@ -93,6 +93,7 @@ async def settled(rss: RssSampler, window: float = 2.0, timeout: float = 60.0) -
 
 
 async def run_class(url: str, n: int, per_class: int, rss: RssSampler) -> tuple[list[SessionLog], dict]:
+    own_connections(n)
     teacher = StreamlitSession(url)  # the teacher's tab: loads the model, learns the page list
     await teacher.connect()
     t0 = time.perf_counter()

@@ -46,7 +46,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.appserver import RssSampler, streamlit_server  # noqa: E402
-from bench.wsclient import ClientError, RunResult, StreamlitSession  # noqa: E402
+from bench.wsclient import ClientError, RunResult, StreamlitSession, own_connections  # noqa: E402
 from tests.hostile import invalid_cases  # noqa: E402
 
 RSS_BUDGET = 2 * 2**30
@@ -153,6 +153,7 @@ async def student(url: str, index: int, photo: tuple[str, bytes], pages: list[tu
 
 
 async def run_class(url: str, n: int, all_pages: bool) -> tuple[list[SessionLog], dict]:
+    own_connections(n)
     # warm-up: the teacher's own tab loads the model and learns the page list
     teacher = StreamlitSession(url)
     await teacher.connect()
