@@ -69,15 +69,19 @@ def load_selected_model() -> xviz.LoadedModel | None:
     if source == "upload":
         return _uploaded_model()
     st.session_state.pop(WEIGHTS_REFUSED, None)
-    bar = st.empty()
+    bar = []  # the progress bar, made by the first report: most runs download nothing and draw no bar
 
     def progress(done: int, total: int):
-        bar.progress(min(done / max(total, 1), 1.0),
-                     text=f"Downloading weights: {done / 1e6:.0f} of {total / 1e6:.0f} MB")
+        if not bar:
+            bar.append(st.empty())
+        bar[0].progress(min(done / max(total, 1), 1.0),
+                        text=f"Downloading weights: {done / 1e6:.0f} of {total / 1e6:.0f} MB")
 
+    # a model this server has loaded is a cache hit: no spinner (each one starts a timer thread)
+    loading = contextlib.nullcontext() if source in cache.LOADED_SOURCES else st.spinner("Loading the model…")
     try:
         download_weights(source, progress)
-        with st.spinner("Loading the model…"):
+        with loading:
             model = cache.builtin_model(source)
         st.session_state[LAST_MODEL] = model
         return model
@@ -85,7 +89,8 @@ def load_selected_model() -> xviz.LoadedModel | None:
         st.session_state[MODEL_ERROR] = str(exc)
         return None
     finally:
-        bar.empty()
+        if bar:
+            bar[0].empty()
 
 
 def download_weights(source: str, progress) -> None:
@@ -93,11 +98,11 @@ def download_weights(source: str, progress) -> None:
     cached loader runs (it must draw nothing). "imagenet" that can't be had raises the loader's own
     WeightsUnavailableError; "auto" tries once per server and otherwise lets the loader fall back
     to the demo model and say why."""
-    if source not in ("auto", "imagenet") or W.cached_path(W.IMAGENET) is not None:
+    if source not in ("auto", "imagenet") or (source == "auto" and "auto" in cache.LOADED_SOURCES):
+        return
+    if W.cached_path(W.IMAGENET) is not None:
         return
     if source == "auto":
-        if "auto" in cache.LOADED_SOURCES:
-            return
         with contextlib.suppress(XvizError):
             W.fetch(W.IMAGENET, progress=progress)
         return
