@@ -220,7 +220,7 @@ def view_cam_identity(sel: state.Selection, target: int) -> None:
     from xviz.ui import cache
 
     heat = cache.attribution_map(sel, "gradcam", DEFAULT_LAYER, target)
-    x = sel.model.preprocess(sel.image)
+    x = cache.model_input(sel)
     cam = T.class_activation_map(sel.model, x, target)
     expected = T.cam_as_gradcam(cam, tuple(x.shape[-2:])).numpy()
     diff = float(np.abs(heat - expected).max() / max(float(np.abs(expected).max()), 1e-12))

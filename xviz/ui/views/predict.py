@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
 import streamlit as st
 
-from xviz.ui.cache import photo_jpeg, predictions
+from xviz.preprocess import to_display
+from xviz.ui.cache import model_input, photo_jpeg, predictions
 from xviz.ui.drawn import drawn
 from xviz.ui.presenter import presenter, projected
 from xviz.ui.state import Selection
@@ -19,8 +19,9 @@ def view_input(sel: Selection) -> None:
     left, right = st.columns(2)
     left.image(photo_jpeg(sel), caption=f"Your image ({sel.image_name}), {sel.image.width}×{sel.image.height} px",
                width="stretch", output_format="JPEG")
-    # lossless: these are exactly the pixels the network reads
-    seen = drawn(("input", sel.key), lambda: png_bytes(np.asarray(model.preprocessing.resized(sel.image))))
+    # lossless, and from the very tensor the requests start from: exactly the pixels the network reads
+    seen = drawn(("input", sel.key), lambda: png_bytes(to_display(model_input(sel), model.preprocessing.mean,
+                                                                  model.preprocessing.std)))
     right.image(seen, caption=f"What the model sees: {model.preprocessing.describe()}", width="stretch",
                 output_format="PNG")
 
