@@ -109,9 +109,10 @@ def _read_uploaded(weights: tuple[str, bytes], labels: tuple[str, bytes] | None,
         return xviz.load_file(path, labels=parsed, display_name=display_name)
 
 
-# Decoded photos, shared read-only by every session and bounded by their pixels (a 40 MP photo is
-# 120 MB decoded). Not st.cache_data: it would unpickle a fresh copy of the photo on every rerun.
-_images = Results(maxsize=256 * 2**20, getsizeof=lambda img: img.width * img.height * len(img.getbands()))
+# Decoded photos, shared read-only by every session and bounded by their pixels: a class's photos
+# (~2 MB each at phone-screenshot sizes; a 12 MP photo is 36 MB, a 40 MP one 120 MB). Not
+# st.cache_data: it would unpickle a fresh copy of the photo on every rerun.
+_images = Results(maxsize=128 * 2**20, getsizeof=lambda img: img.width * img.height * len(img.getbands()))
 
 
 def decode_image(image_key: str, data: bytes) -> Image.Image:
@@ -131,7 +132,7 @@ def decode_image(image_key: str, data: bytes) -> Image.Image:
 # The same forward keeps the features the classifier head read (block14_sepconv2_act): Grad-CAM at
 # that layer, the Grad-CAM page's default, then runs the head alone for any class (attribution_map).
 _logits = Results(maxsize=512)  # (classes,) float32: 4 kB an image for ImageNet
-_features = Results(maxsize=128 * 2**20, getsizeof=lambda t: t.numel() * t.element_size())  # 0.2 MB at 150 px
+_features = Results(maxsize=32 * 2**20, getsizeof=lambda t: t.numel() * t.element_size())  # 0.2 MB at 150 px
 
 
 def _prediction_op(model: xviz.LoadedModel) -> str:
@@ -197,8 +198,8 @@ def photo_jpeg(sel: Selection) -> bytes:
 
 # The preprocessed input per (preprocessing, photo): every request about a photo starts from it,
 # and resizing a 12 MP phone photo again for each one (prediction, maps, each attribution) costs more
-# than some of the requests. A tensor is ~0.3 MB at 150 px, ~1 MB at 299 px.
-_inputs = Results(maxsize=96 * 2**20, getsizeof=lambda x: x.numel() * x.element_size())
+# than some of the requests. A tensor is ~0.3 MB at 150 px (a class of 30 fits), ~1 MB at 299 px.
+_inputs = Results(maxsize=16 * 2**20, getsizeof=lambda x: x.numel() * x.element_size())
 
 
 def model_input(sel: Selection):
