@@ -1,9 +1,11 @@
 """Two students in real browser tabs share the inference queue: the one who waits sees their place.
 
 Student A asks for Occlusion (hundreds of forward passes) and sees its progress; student B, on
-another photo, opens Grad-CAM meanwhile. B's Grad-CAM waits behind A's Occlusion in the queue, so
-B's page must say so ("… ahead of you in line · about … s") while it waits, and the message must
-give way to B's picture when it is served. Run: python -m pytest tests/e2e/test_queue_browser.py -q
+another photo, opens Grad-CAM meanwhile. B's default map (Grad-CAM at the last layer, from the
+features of B's prediction: the head alone) is a cheap request, served between A's passes; B's
+Saliency map is a heavy one and waits behind A's Occlusion, so B's page must say so ("… ahead of you
+in line · about … s") while it waits, and the message must give way to B's picture when it is
+served. Run: python -m pytest tests/e2e/test_queue_browser.py -q
 """
 
 from __future__ import annotations
@@ -58,14 +60,19 @@ def test_a_waiting_student_sees_their_place_until_served(open_tab):
     expect(a_waits.first).to_be_visible(timeout=2 * TIMEOUT_MS)
 
     b.nav_link(GRADCAM).click()
+    # the default map needs only the head, on the features B's prediction kept: served while A's
+    # occlusion still runs
+    expect(b.main.get_by_test_id("stImageCaption").filter(has_text="Grad-CAM for")).to_have_count(1, timeout=TIMEOUT_MS)
+    expect(a_waits.first).to_be_visible()
+    _choose(b, "gc_method", "Saliency", b.main)
     waiting = b.main.get_by_test_id("stAlertContentInfo").filter(has_text=IN_LINE)
     expect(waiting).to_be_visible(timeout=TIMEOUT_MS)
     assert re.search(r"\d+ ahead of you in line · (under a second|about \d+ (s|min))", waiting.inner_text())
 
-    # served (after A's occlusion): the message gives way to B's own Grad-CAM picture
+    # served (after A's occlusion): the message gives way to B's own Saliency picture
     b.page.wait_for_selector(IDLE, timeout=3 * TIMEOUT_MS)
     expect(b.main.get_by_test_id("stAlertContentInfo").filter(has_text=IN_LINE)).to_have_count(0)
-    expect(b.main.get_by_test_id("stImageCaption").filter(has_text="Grad-CAM for")).to_have_count(1)
+    expect(b.main.get_by_test_id("stImageCaption").filter(has_text="Saliency (gradient) for")).to_have_count(1)
     b.wait_pictures_drawn()
     a.page.wait_for_selector(IDLE, timeout=TIMEOUT_MS)
     expect(a.main.get_by_test_id("stProgress")).to_have_count(0)
