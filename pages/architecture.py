@@ -24,7 +24,7 @@ def _picked():
         st.session_state[PICKED] = data[0] if isinstance(data, (list, tuple)) else data
 
 
-st.plotly_chart(M.architecture_diagram(arch), key="arch_diagram", on_select=_picked, selection_mode="points",
+st.plotly_chart(ui.drawn(("architecture", model.key), lambda: M.architecture_diagram(arch)), key="arch_diagram", on_select=_picked, selection_mode="points",
                 width="stretch", config={"displayModeBar": True, "displaylogo": False})
 st.caption(f"Shapes are height×width×channels at {size}×{size} px input. Click a block's dot to open its "
            "feature maps. Side paths are residual connections: solid = identity (the input itself), "

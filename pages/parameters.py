@@ -55,9 +55,11 @@ m[1].metric("multiply-adds per image", f"{ours.macs / 1e9:.2f} G", help=f"{ours.
 m[2].metric("with standard convs: parameters", f"{std.params:,}", f"×{std.params / ours.params:.2f}", delta_color="inverse")
 m[3].metric("with standard convs: multiply-adds", f"{std.macs / 1e9:.2f} G", f"×{std.macs / ours.macs:.2f}", delta_color="inverse")
 left, right = st.columns(2)
-left.plotly_chart(shares_bar(A.shares(table, "flow"), "share by flow"))
-right.plotly_chart(shares_bar(A.shares(table, "kind"), "share by kind of layer"))
-st.plotly_chart(standard_vs_separable_bar(table, twin))
+# the same three charts for everyone on this model: drawn once (ui.drawn)
+left.plotly_chart(ui.drawn(("shares", "flow", model.key), lambda: shares_bar(A.shares(table, "flow"), "share by flow")))
+right.plotly_chart(ui.drawn(("shares", "kind", model.key),
+                            lambda: shares_bar(A.shares(table, "kind"), "share by kind of layer")))
+st.plotly_chart(ui.drawn(("standard vs separable", model.key), lambda: standard_vs_separable_bar(table, twin)))
 st.caption("Every chart has a camera icon in its top-right toolbar (hover over the chart): it downloads a PNG.")
 st.dataframe(table[["layer", "kind", "flow", "block", "output_shape", "params", "macs", "bn_statistics"]],
              hide_index=True, column_config=NUM, height=360)

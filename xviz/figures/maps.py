@@ -304,7 +304,10 @@ def architecture_diagram(blocks: Sequence, highlight: str | None = None, height:
     ``description`` (:func:`xviz.flows.architecture`). Each box carries a clickable marker whose
     ``customdata`` is the block name, so a page can react to a selection.
     """
-    fig = go.Figure()
+    # shapes and annotations are collected and set in one go: add_shape/add_annotation one at a time
+    # re-check the whole list each time
+    shapes: list[dict] = []
+    notes: list[dict] = []
     columns: dict[int, list] = {}
     for b in blocks:
         columns.setdefault(FLOW_COLUMNS[b.flow], []).append(b)
@@ -321,9 +324,9 @@ def architecture_diagram(blocks: Sequence, highlight: str | None = None, height:
     for b in blocks:
         cx, cy = centres[b.name]
         colour = FLOW_COLOURS[b.flow]
-        fig.add_shape(type="rect", x0=cx - box_w / 2, x1=cx + box_w / 2, y0=cy - box_h / 2, y1=cy + box_h / 2,
-                      line=dict(color=colour, width=3 if b.name == highlight else 1),
-                      fillcolor=colour, opacity=0.35 if b.name == highlight else 0.14, layer="below")
+        shapes.append(dict(type="rect", x0=cx - box_w / 2, x1=cx + box_w / 2, y0=cy - box_h / 2, y1=cy + box_h / 2,
+                           line=dict(color=colour, width=3 if b.name == highlight else 1),
+                           fillcolor=colour, opacity=0.35 if b.name == highlight else 0.14, layer="below"))
         text_x.append(cx + 0.03)
         text_y.append(cy)
         extra = "" if b.residual == "none" else f" · res: {b.residual}"
@@ -340,9 +343,9 @@ def architecture_diagram(blocks: Sequence, highlight: str | None = None, height:
         if b.residual != "none":
             x_side = cx - box_w / 2 - 0.08
             top, bottom = cy + box_h / 2 + gap / 2, cy - box_h / 2 - gap / 2
-            fig.add_shape(type="path", line=dict(color=colour, width=2,
-                                                 dash="solid" if b.residual == "identity" else "dot"),
-                          path=f"M {cx},{top} L {x_side},{top} L {x_side},{bottom} L {cx - 0.05},{bottom}")
+            shapes.append(dict(type="path", line=dict(color=colour, width=2,
+                                                      dash="solid" if b.residual == "identity" else "dot"),
+                               path=f"M {cx},{top} L {x_side},{top} L {x_side},{bottom} L {cx - 0.05},{bottom}"))
             sums.append(dict(x=cx, y=bottom, text="+", showarrow=False, bgcolor="white", bordercolor=colour,
                              borderwidth=1.5, borderpad=0, font=dict(size=12, color=colour), width=14, height=14))
     # the main path: down each column, then from the last block's output to the next column's top
@@ -350,35 +353,34 @@ def architecture_diagram(blocks: Sequence, highlight: str | None = None, height:
         for a, b in zip(items, items[1:]):
             (ax_, ay_), (bx, by) = centres[a.name], centres[b.name]
             # a line (under the + of the sum) and a short arrow into the next box
-            fig.add_shape(type="line", x0=ax_, x1=bx, y0=ay_ - box_h / 2, y1=by + box_h / 2,
-                          line=dict(color="#555", width=1.2))
-            fig.add_annotation(x=bx, y=by + box_h / 2, ax=bx, ay=by + box_h / 2 + 0.05, xref="x", yref="y",
-                               axref="x", ayref="y", text="", showarrow=True, arrowhead=2, arrowwidth=1.2,
-                               arrowcolor="#555", standoff=0)
+            shapes.append(dict(type="line", x0=ax_, x1=bx, y0=ay_ - box_h / 2, y1=by + box_h / 2,
+                               line=dict(color="#555", width=1.2)))
+            notes.append(dict(x=bx, y=by + box_h / 2, ax=bx, ay=by + box_h / 2 + 0.05, xref="x", yref="y",
+                              axref="x", ayref="y", text="", showarrow=True, arrowhead=2, arrowwidth=1.2,
+                              arrowcolor="#555", standoff=0))
     ordered = [columns[c] for c in sorted(columns)]
     for left, right in zip(ordered, ordered[1:]):
         (ax_, ay_), (bx, by) = centres[left[-1].name], centres[right[0].name]
         start_y = ay_ - box_h / 2 - (gap / 2 if left[-1].residual != "none" else 0)
-        fig.add_shape(type="path", line=dict(color="#999", width=1),
-                      path=f"M {ax_},{start_y} L {ax_},{start_y - gap / 2} L {(ax_ + bx) / 2},{start_y - gap / 2} "
-                           f"L {(ax_ + bx) / 2},{by + box_h / 2 + 0.8 * gap} L {bx},{by + box_h / 2 + 0.8 * gap}")
-        fig.add_annotation(x=bx, y=by + box_h / 2, ax=bx, ay=by + box_h / 2 + 0.8 * gap, xref="x", yref="y",
-                           axref="x", ayref="y", text="", showarrow=True, arrowhead=2, arrowwidth=1.2,
-                           arrowcolor="#555", standoff=0)
-    for annotation in sums:
-        fig.add_annotation(**annotation)
+        shapes.append(dict(type="path", line=dict(color="#999", width=1),
+                           path=f"M {ax_},{start_y} L {ax_},{start_y - gap / 2} L {(ax_ + bx) / 2},{start_y - gap / 2} "
+                                f"L {(ax_ + bx) / 2},{by + box_h / 2 + 0.8 * gap} L {bx},{by + box_h / 2 + 0.8 * gap}"))
+        notes.append(dict(x=bx, y=by + box_h / 2, ax=bx, ay=by + box_h / 2 + 0.8 * gap, xref="x", yref="y",
+                          axref="x", ayref="y", text="", showarrow=True, arrowhead=2, arrowwidth=1.2,
+                          arrowcolor="#555", standoff=0))
+    notes += sums
     for flow, col in FLOW_COLUMNS.items():
         if flow in FLOW_TITLES and col in columns:
-            fig.add_annotation(x=col * 1.25, y=box_h / 2 + 0.55, text=f"<b>{FLOW_TITLES[flow]}</b>",
-                               showarrow=False, font=dict(size=13, color=FLOW_COLOURS[flow]))
-    fig.add_trace(go.Scatter(x=text_x, y=text_y, mode="text", text=texts, hoverinfo="skip",
-                             textfont=dict(size=11), showlegend=False))
-    fig.add_trace(go.Scatter(
-        x=marker_x, y=marker_y, mode="markers", customdata=names, hovertext=hover, hoverinfo="text",
-        marker=dict(size=16, symbol="circle", color=[FLOW_COLOURS[b.flow] for b in blocks if b.flow != "head"],
-                    line=dict(color="white", width=1)), showlegend=False, name="blocks"))
-    fig.update_layout(height=height, margin=dict(l=5, r=5, t=5, b=5), plot_bgcolor="white",
-                      xaxis=dict(visible=False, range=[-0.6, 2 * 1.25 + 0.5], fixedrange=True),
-                      yaxis=dict(visible=False, range=[-(rows - 1) * dy - 0.95, box_h / 2 + 0.75], fixedrange=True),
-                      clickmode="event+select", dragmode=False)
-    return fig
+            notes.append(dict(x=col * 1.25, y=box_h / 2 + 0.55, text=f"<b>{FLOW_TITLES[flow]}</b>",
+                              showarrow=False, font=dict(size=13, color=FLOW_COLOURS[flow])))
+    return go.Figure(
+        data=[go.Scatter(x=text_x, y=text_y, mode="text", text=texts, hoverinfo="skip",
+                         textfont=dict(size=11), showlegend=False),
+              go.Scatter(x=marker_x, y=marker_y, mode="markers", customdata=names, hovertext=hover, hoverinfo="text",
+                         marker=dict(size=16, symbol="circle",
+                                     color=[FLOW_COLOURS[b.flow] for b in blocks if b.flow != "head"],
+                                     line=dict(color="white", width=1)), showlegend=False, name="blocks")],
+        layout=dict(shapes=shapes, annotations=notes, height=height, margin=dict(l=5, r=5, t=5, b=5),
+                    plot_bgcolor="white", clickmode="event+select", dragmode=False,
+                    xaxis=dict(visible=False, range=[-0.6, 2 * 1.25 + 0.5], fixedrange=True),
+                    yaxis=dict(visible=False, range=[-(rows - 1) * dy - 0.95, box_h / 2 + 0.75], fixedrange=True)))
