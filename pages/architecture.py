@@ -24,8 +24,9 @@ def _picked():
         st.session_state[PICKED] = data[0] if isinstance(data, (list, tuple)) else data
 
 
-st.plotly_chart(ui.drawn(("architecture", model.key), lambda: M.architecture_diagram(arch)), key="arch_diagram", on_select=_picked, selection_mode="points",
-                width="stretch", config={"displayModeBar": True, "displaylogo": False})
+diagram = ui.drawn(("architecture", model.key), lambda: M.architecture_diagram(arch))  # the same for everyone
+st.plotly_chart(diagram, key="arch_diagram", on_select=_picked, selection_mode="points", width="stretch",
+                config={"displayModeBar": True, "displaylogo": False})
 st.caption(f"Shapes are height×width×channels at {size}×{size} px input. Click a block's dot to open its "
            "feature maps. Side paths are residual connections: solid = identity (the input itself), "
            "dotted = 1×1 convolution with stride 2 + BN. The camera icon of the figure saves it as PNG.")

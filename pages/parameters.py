@@ -56,7 +56,8 @@ m[2].metric("with standard convs: parameters", f"{std.params:,}", f"×{std.param
 m[3].metric("with standard convs: multiply-adds", f"{std.macs / 1e9:.2f} G", f"×{std.macs / ours.macs:.2f}", delta_color="inverse")
 left, right = st.columns(2)
 # the same three charts for everyone on this model: drawn once (ui.drawn)
-left.plotly_chart(ui.drawn(("shares", "flow", model.key), lambda: shares_bar(A.shares(table, "flow"), "share by flow")))
+left.plotly_chart(ui.drawn(("shares", "flow", model.key),
+                           lambda: shares_bar(A.shares(table, "flow"), "share by flow")))
 right.plotly_chart(ui.drawn(("shares", "kind", model.key),
                             lambda: shares_bar(A.shares(table, "kind"), "share by kind of layer")))
 st.plotly_chart(ui.drawn(("standard vs separable", model.key), lambda: standard_vs_separable_bar(table, twin)))

@@ -182,8 +182,9 @@ def capture_views_batch(model, x: torch.Tensor, *, dtype=STORE_DTYPE) -> list[Fl
     entries = {e.name: e for e in plan}
     has_logits = logits.dim() == 2
     logits = logits.float().cpu().numpy() if has_logits else None
-    return [FlowCapture(int(x.shape[-1]), _display(x[i], mean, std), {name: maps[i] for name, maps in per_layer.items()},
-                        entries, bn, logits[i].copy() if has_logits else np.zeros(0, np.float32),
+    return [FlowCapture(int(x.shape[-1]), _display(x[i], mean, std),
+                        {name: maps[i] for name, maps in per_layer.items()}, entries, bn,
+                        logits[i].copy() if has_logits else np.zeros(0, np.float32),
                         features[i:i + 1].float().clone(), np.dtype(dtype), 2.0 ** -11 if tf32 else 2.0 ** -24)
             for i in range(n)]
 
