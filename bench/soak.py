@@ -9,8 +9,9 @@ only shows in the real server process. Each upload is a distinct crop of a real 
 one is a cache miss; the client deletes the file it replaced, as the browser does.
 
 Pass: RSS of the server's process tree grows < 10% from the end of the warm-up to the end. The
-warm-up (70 uploads) runs past the largest cache this path fills (ui.predictions, max_entries=64):
-growth until then is the caches filling up to their bounds, by design. Each RSS figure is a median
+warm-up (70 uploads) runs about as far as the largest stores this path fills (xviz/ui/cache.py:
+decoded photos 128 MB, ~75 of these crops; features 16 MB, 80 at 150 px; model inputs 16 MB, 60):
+growth until then is the stores filling up to their bounds, by design. Each RSS figure is a median
 of 10 consecutive post-upload samples, so one allocator hiccup doesn't decide the result.
 """
 

@@ -132,7 +132,7 @@ def decode_image(image_key: str, data: bytes) -> Image.Image:
 # The same forward keeps the features the classifier head read (block14_sepconv2_act): Grad-CAM at
 # that layer, the Grad-CAM page's default, then runs the head alone for any class (attribution_map).
 _logits = Results(maxsize=512)  # (classes,) float32: 4 kB an image for ImageNet
-_features = Results(maxsize=32 * 2**20, getsizeof=lambda t: t.numel() * t.element_size())  # 0.2 MB at 150 px
+_features = Results(maxsize=16 * 2**20, getsizeof=lambda t: t.numel() * t.element_size())  # 0.2 MB at 150 px
 
 
 def _prediction_op(model: xviz.LoadedModel) -> str:
