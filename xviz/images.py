@@ -53,7 +53,7 @@ def load_image(data: bytes, *, max_pixels: int = MAX_PIXELS) -> Image.Image:
         if getattr(img, "is_animated", False):
             img.seek(0)  # first frame of an animated GIF/WebP
         img.load()
-        img = ImageOps.exif_transpose(img)
+        ImageOps.exif_transpose(img, in_place=True)  # in place: a 12 MP photo is 36 MB to copy
         return _to_rgb(img)
     except ImageError:
         raise
@@ -99,4 +99,4 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         rgba = img.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(canvas, rgba)
-    return img.convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
