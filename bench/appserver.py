@@ -168,6 +168,32 @@ def threads(pid: int) -> tuple[int, int]:
     return total, running
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its live descendants so far."""
+    tick, total = os.sysconf("SC_CLK_TCK"), 0
+    for p in tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / tick
+
+
+def wait_idle(pid: int, window: float = 1.0, busy: float = 0.05, timeout: float = 60.0) -> float:
+    """Wait until the process tree of ``pid`` used less than ``busy`` of a core over ``window``
+    seconds (or ``timeout`` passed); returns the seconds waited."""
+    start = time.monotonic()
+    last = cpu_seconds(pid)
+    while time.monotonic() - start < timeout:
+        time.sleep(window)
+        now = cpu_seconds(pid)
+        if now - last < busy * window:
+            break
+        last = now
+    return time.monotonic() - start
+
+
 class RssSampler:
     """Samples a process tree in a thread: memory (``peak``, ``samples``) and how many of its
     threads are on a CPU or waiting for one (``running``), which shows oversubscription."""
