@@ -10,6 +10,7 @@ figure checks every property all over again. The key names everything the drawin
 
 from __future__ import annotations
 
+import threading
 from typing import Callable, TypeVar
 
 from xviz.ui.waiting import Results
@@ -19,13 +20,29 @@ T = TypeVar("T")
 # By count: the largest entries (a channel enlarged as a 420 px PNG inside its figure, a photo
 # overlay) are a few hundred kB, so 256 of them stay under ~60 MB.
 _drawn = Results(maxsize=256)
+_drawing: dict[tuple, threading.Lock] = {}  # key -> held while one session draws it
+_drawing_guard = threading.Lock()
 
 
 def drawn(key: tuple, draw: Callable[[], T]) -> T:
     """``draw()`` for ``key``, drawn once per server; the result must not be changed afterwards.
 
     ``st.plotly_chart`` and ``st.image`` only read what they are given, so one figure can be shown
-    to many sessions at once.
+    to many sessions at once. A class opening a page together asks for the same figure at the same
+    moment: one session draws it, the others wait for that drawing instead of each making their own.
+    ``draw`` must not wait for the inference queue (a session waiting here sees no place in line):
+    fetch the results first, then draw them.
     """
     hit = _drawn.get(key)
-    return hit if hit is not None else _drawn.put(key, draw())
+    if hit is not None:
+        return hit
+    with _drawing_guard:
+        lock = _drawing.setdefault(key, threading.Lock())
+    try:
+        with lock:
+            hit = _drawn.get(key)
+            return hit if hit is not None else _drawn.put(key, draw())
+    finally:
+        with _drawing_guard:
+            if _drawing.get(key) is lock and not lock.locked():
+                del _drawing[key]

@@ -38,18 +38,20 @@ def view_attribution(sel: Selection, target: int, *, method: str = "gradcam", la
     shapes = {r.name: r for r in layer_table(model)}
     shown_size = max(size, 448)
 
+    label = model.labels[target]
+    chosen = [method, *compare]
+    titles = [A.METHODS[n].title for n in chosen]
+    # the maps first, each waited for with its place in line; then the picture, drawn once (ui.drawn)
+    heats = {n: attribution_map(sel, n, layer, target, tuple(sorted(options.items())) if n == method else ())
+             for n in chosen}
+
     def picture(name, seen):
-        opts = tuple(sorted(options.items())) if name == method else ()
-        heat = attribution_map(sel, name, layer, target, opts)
+        heat = heats[name]
         m = A.METHODS[name]
         look = dict(cmap=cmap, signed=m.signed, percentile=100.0 if m.uses_layer else 99.5)
         # pixel-level maps are sparse: let their near-zero pixels show the photo (fade)
         return (F.heatmap_overlay(seen, heat, alpha=alpha, fade=m.signed or not m.uses_layer, **look) if view == "Overlay"
                 else F.heatmap_image(heat, size=shown_size, **look))
-
-    label = model.labels[target]
-    chosen = [method, *compare]
-    titles = [A.METHODS[n].title for n in chosen]
 
     def draw():
         # the picture the model saw, cropped the same way but drawn at a readable size (not upscaled pixels)
