@@ -19,7 +19,9 @@ if latency is not None:
     table["ms_per_gmac"] = table["ms"] / (table["macs"] / 1e9)
 separable = table[table["separable"]]
 
-st.plotly_chart(accuracy_vs_compute(table))
+# the counts are the same for every student: so are the figures and sentences drawn from them (ui.drawn)
+st.plotly_chart(accuracy_vs_compute(table) if latency is not None
+                else ui.drawn(("across", "accuracy"), lambda: accuracy_vs_compute(table)))
 sizes = "; ".join(f"{size} px: {', '.join(g['network'])}" for size, g in table.groupby("input", sort=False))
 st.caption(f"Top-1 accuracy is published, not measured here: {zoo.TOP1_SOURCE}. Multiply-adds and parameters are "
            f"counted from the networks built here, at their native input sizes ({sizes}); bubble area is parameters.")
@@ -59,26 +61,34 @@ else:
                "every network alike.")
 
 st.header("Lesson 1: the 1×1 convolutions do the work")
-st.plotly_chart(kind_shares(ledgers, titles))
+st.plotly_chart(ui.drawn(("across", "kind shares"), lambda: kind_shares(ledgers, titles)))
 shares = ", ".join(f"{r.network} {r.pointwise_share:.1%}" for r in separable.itertuples())
 st.markdown(f"In every separable network the 1×1 pointwise convolutions carry most of the multiply-adds ({shares}); "
             f"the depthwise convolutions, the spatial part, carry at most {separable['depthwise_share'].max():.1%}. "
             "Separating space from channels made spatial filtering almost free; mixing channels is what costs.")
 
 st.header("Lesson 2: MobileNetV2 turns the residual block inside out")
-blocks = {n: sorted({b for b in t["block"] if b}, key=list(t["block"]).index) for n, t in ledgers.items()}
+blocks = ui.drawn(("across", "blocks"), lambda: {n: list(dict.fromkeys(b for b in t["block"] if b))
+                                                 for n, t in ledgers.items()})
 c = st.columns(3)
 pick = {"xception": c[0].selectbox("Xception block", blocks["xception"], index=blocks["xception"].index("block5")),
         "mobilenet_v2": c[1].selectbox("MobileNetV2 block", blocks["mobilenet_v2"],
                                        index=blocks["mobilenet_v2"].index("block_14")),
         "resnet50": c[2].selectbox("ResNet50 block", blocks["resnet50"],
                                    index=blocks["resnet50"].index("conv4_block2"))}
-shown = [(f"{titles[n]} {b}", ledgers[n][ledgers[n]["block"] == b]) for n, b in pick.items()]
-st.plotly_chart(blocks_side_by_side(shown))
-st.markdown(across.block_lesson(shown))
+
+
+def side_by_side():
+    shown = [(f"{titles[n]} {b}", ledgers[n][ledgers[n]["block"] == b]) for n, b in pick.items()]
+    return blocks_side_by_side(shown), across.block_lesson(shown)
+
+
+figure, lesson = ui.drawn(("across", "side by side", *pick.items()), side_by_side)
+st.plotly_chart(figure)
+st.markdown(lesson)
 
 st.header("Lesson 3: EfficientNet adds squeeze-and-excitation, and scales by one formula")
-st.markdown(across.se_lesson(ledgers["efficientnet_b0"]))
+st.markdown(ui.drawn(("across", "se lesson"), lambda: across.se_lesson(ledgers["efficientnet_b0"])))
 st.latex(r"d = \alpha^{\phi},\quad w = \beta^{\phi},\quad r = \gamma^{\phi},\qquad"
          r"\text{multiply-adds} \propto d \cdot w^{2} \cdot r^{2},\qquad \alpha\,\beta^{2}\gamma^{2} \approx 2")
 st.dataframe(counts.scaling, hide_index=True, column_config={
