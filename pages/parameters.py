@@ -1,5 +1,6 @@
 """Parameters: what depthwise separable convolutions save, from one layer to the whole network."""
 
+import pyarrow as pa
 import streamlit as st
 
 from xviz import accounting as A
@@ -42,8 +43,9 @@ if layer is not None:
                "without bias.")
     st.dataframe(layer, hide_index=True, column_config={**NUM, "vs_standard": st.column_config.NumberColumn(
         "× standard", format="%.4f")})
-    st.plotly_chart(group_spectrum_plot(A.group_spectrum(k, cin, cout, h, w, stride, padding),
-                                        A.separable_conv(k, cin, cout, h, w, stride, padding), groups))
+    st.plotly_chart(ui.drawn(("group spectrum", k, cin, cout, h, w, stride, padding, groups), lambda: group_spectrum_plot(
+        A.group_spectrum(k, cin, cout, h, w, stride, padding), A.separable_conv(k, cin, cout, h, w, stride, padding),
+        groups)))
 st.caption("The paper's spectrum (section 2): a regular conv is one segment of channels, an Inception module a "
            "few, a depthwise conv one per channel. At g = Cin the grouped conv is only the depthwise step: the "
            "separable conv adds the 1×1 pointwise step to mix channels again.")
@@ -62,11 +64,15 @@ right.plotly_chart(ui.drawn(("shares", "kind", model.key),
                             lambda: shares_bar(A.shares(table, "kind"), "share by kind of layer")))
 st.plotly_chart(ui.drawn(("standard vs separable", model.key), lambda: standard_vs_separable_bar(table, twin)))
 st.caption("Every chart has a camera icon in its top-right toolbar (hover over the chart): it downloads a PNG.")
-st.dataframe(table[["layer", "kind", "flow", "block", "output_shape", "params", "macs", "bn_statistics"]],
-             hide_index=True, column_config=NUM, height=360)
+# the tables as Arrow, made once per model: st.dataframe converts a pandas frame again on every rerun
+shown, shown_twin = ui.drawn(("ledger tables", model.key), lambda: (
+    pa.Table.from_pandas(table[["layer", "kind", "flow", "block", "output_shape", "params", "macs", "bn_statistics"]],
+                         preserve_index=False),
+    pa.Table.from_pandas(twin[["layer", "kind", "flow", "block", "output_shape", "params", "macs"]],
+                         preserve_index=False)))
+st.dataframe(shown, hide_index=True, column_config=NUM, height=360)
 with st.expander("The same network with every separable conv replaced by a standard conv"):
-    st.dataframe(twin[["layer", "kind", "flow", "block", "output_shape", "params", "macs"]], hide_index=True,
-                 column_config=NUM, height=360)
+    st.dataframe(shown_twin, hide_index=True, column_config=NUM, height=360)
 head = int(table.loc[table["kind"] == "fc", "params"].sum())
 st.markdown(
     f"**Why Keras says {ours.keras_total:,}.** Each BatchNorm layer also keeps a running mean and variance "
