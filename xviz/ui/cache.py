@@ -109,10 +109,10 @@ def _read_uploaded(weights: tuple[str, bytes], labels: tuple[str, bytes] | None,
         return xviz.load_file(path, labels=parsed, display_name=display_name)
 
 
-# Decoded photos, shared read-only by every session and bounded by their pixels: a class's photos
-# (~2 MB each at phone-screenshot sizes; a 12 MP photo is 36 MB, a 40 MP one 120 MB). Not
-# st.cache_data: it would unpickle a fresh copy of the photo on every rerun.
-_images = Results(maxsize=128 * 2**20, getsizeof=lambda img: img.width * img.height * len(img.getbands()))
+# Decoded photos, shared read-only by every session and bounded by their memory (PIL keeps an RGB
+# pixel in 4 bytes): a class's photos (~2 MB each at phone-screenshot sizes; a 12 MP photo is 48 MB,
+# a 40 MP one 160 MB). Not st.cache_data: it would unpickle a fresh copy of the photo on every rerun.
+_images = Results(maxsize=128 * 2**20, getsizeof=lambda img: img.width * img.height * 4)
 
 
 def decode_image(image_key: str, data: bytes) -> Image.Image:
