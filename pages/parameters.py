@@ -43,9 +43,10 @@ if layer is not None:
                "without bias.")
     st.dataframe(layer, hide_index=True, column_config={**NUM, "vs_standard": st.column_config.NumberColumn(
         "× standard", format="%.4f")})
-    st.plotly_chart(ui.drawn(("group spectrum", k, cin, cout, h, w, stride, padding, groups), lambda: group_spectrum_plot(
+    spectrum = ui.drawn(("group spectrum", k, cin, cout, h, w, stride, padding, groups), lambda: group_spectrum_plot(
         A.group_spectrum(k, cin, cout, h, w, stride, padding), A.separable_conv(k, cin, cout, h, w, stride, padding),
-        groups)))
+        groups))
+    st.plotly_chart(spectrum)
 st.caption("The paper's spectrum (section 2): a regular conv is one segment of channels, an Inception module a "
            "few, a depthwise conv one per channel. At g = Cin the grouped conv is only the depthwise step: the "
            "separable conv adds the 1×1 pointwise step to mix channels again.")

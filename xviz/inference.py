@@ -6,12 +6,14 @@ one worker thread per loaded model serves it:
 
 * **Cheap requests** (``"logits"``, ``"forward"`` (logits and the features the head read),
   ``"embedding"``: one forward, no gradient; ``"gradcam_features"``: Grad-CAM at the last layer from
-  those features, the head only) are served first, in arrival order, and *micro-batched*: requests that arrive while the network is busy and need the
-  same model at the same input size go through it together, up to :func:`batch_limit` images.
+  those features, the head only) are served first, in arrival order, and *micro-batched*: requests
+  that arrive while the network is busy and need the same model at the same input size go through it
+  together, up to :func:`batch_limit` images.
 * **Heavy requests** (``"capture"``, ``"attribution"``, ``"integrated_gradients"``, ``"deletion"``,
-  ``"randomisation"``) run one at a time in arrival order. A long one yields between its passes: at
-  every progress report the worker serves the cheap requests that came in meanwhile (only when no
-  hook is attached to the network), so one student's Integrated Gradients does not hold 29 predictions behind it.
+  ``"randomisation"``) run one at a time in arrival order (captures right behind each other together).
+  A long one yields between its passes: at every progress report the worker serves the cheap requests
+  that came in meanwhile (only when no hook is attached to the network), so one student's Integrated
+  Gradients does not hold 29 predictions behind it.
 * Every request returns a :class:`Ticket` at once: a future (``result()``, ``done()``), the
   request's place in line and an estimate of the wait (``place()``), and ``cancel()``.
   :meth:`Backend.cancel_session` drops every request of a session that went away. A cancelled
