@@ -105,44 +105,24 @@ class _Worker:
 
     # all methods below that touch the deques run with queue._lock held, unless said otherwise
 
-    def _next_cheap(self) -> list[_Job]:
-        """The first live cheap job and the live jobs right behind it that can share its forward."""
-        while self.cheap and not self.cheap[0].tickets:
-            self.queue._drop(self.cheap.popleft())  # cancelled before its turn: not computed
-        if not self.cheap:
+    def _next(self, line: deque[_Job]) -> list[_Job]:
+        """The first live job of ``line`` (cheap or heavy) and, for a batchable op, the live jobs right
+        behind it that can share its pass; jobs cancelled before their turn are dropped uncomputed."""
+        while line and not line[0].tickets:
+            self.queue._drop(line.popleft())
+        if not line:
             return []
-        first = self.cheap.popleft()
-        batch = [first]
-        if first.op.batchable:
-            limit, bkey = self.queue.batch_limit(first.size), first.batch_key
-            while self.cheap and len(batch) < limit:
-                job = self.cheap[0]
-                if not job.tickets:
-                    self.queue._drop(self.cheap.popleft())
-                elif job.batch_key == bkey:
-                    batch.append(self.cheap.popleft())
-                else:
-                    break  # arrival order is kept: no overtaking a job of another kind
-        return batch
-
-    def _next_heavy(self) -> list[_Job]:
-        """The first live heavy job and, for a batchable op, the live jobs right behind it that can
-        share its pass (arrival order kept, as for cheap jobs)."""
-        while self.heavy and not self.heavy[0].tickets:
-            self.queue._drop(self.heavy.popleft())
-        if not self.heavy:
-            return []
-        batch = [self.heavy.popleft()]
+        batch = [line.popleft()]
         if batch[0].op.batchable:
             limit, bkey = self.queue.batch_limit(batch[0].size), batch[0].batch_key
-            while self.heavy and len(batch) < limit:
-                job = self.heavy[0]
+            while line and len(batch) < limit:
+                job = line[0]
                 if not job.tickets:
-                    self.queue._drop(self.heavy.popleft())
+                    self.queue._drop(line.popleft())
                 elif job.batch_key == bkey:
-                    batch.append(self.heavy.popleft())
+                    batch.append(line.popleft())
                 else:
-                    break
+                    break  # arrival order is kept: no overtaking a job of another kind
         return batch
 
     def _loop(self) -> None:
@@ -152,7 +132,7 @@ class _Worker:
                 batch: list[_Job] = []
                 deadline = time.monotonic() + q.idle_exit_s
                 while not q._closed:
-                    batch = self._next_cheap() or self._next_heavy()
+                    batch = self._next(self.cheap) or self._next(self.heavy)
                     if batch:
                         break
                     left = deadline - time.monotonic()
@@ -224,7 +204,7 @@ class _Worker:
         """Serve the cheap jobs waiting now, inside a long job's pause (this thread holds the model)."""
         while True:
             with self.queue._lock:
-                batch = self._next_cheap()
+                batch = self._next(self.cheap)
                 if not batch:
                     return
                 for j in batch:
