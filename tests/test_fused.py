@@ -45,6 +45,20 @@ def test_fused_copy_equals_the_eager_network(model, kitchenware_images, size):
     assert copy_.sizes() == {(size, size)}
 
 
+@pytest.mark.parametrize("size", [150, 299])
+def test_the_traced_forward_is_the_op_by_op_forward_bit_for_bit(model, kitchenware_images, size):
+    """What predictions run once the copy is ready: one graph per input size, traced at batch 1."""
+    m = model.with_input_size(size)
+    copy_ = fused.FusedXception(m.net)
+    x = torch.cat([m.preprocess(xviz.load_image(p.read_bytes())) for p in kitchenware_images[:2]])
+    with torch.no_grad():
+        by_op = copy_.forward_features(x)
+        copy_.trace(x[:1].shape)
+        assert list(copy_.graphs) == [(size, size)]
+        assert torch.equal(copy_.forward_features(x), by_op)
+        assert torch.equal(copy_.forward_features(x[1:]), by_op[1:])
+
+
 @pytest.mark.parametrize("shape", [(74, 74), (147, 147), (10, 9), (9, 10)])
 def test_one_call_max_pool_is_tf_same(shape):
     torch.manual_seed(0)
@@ -58,7 +72,7 @@ def test_predictions_start_eager_and_switch_to_the_copy(model, photo):
     assert not m.predictor.ready(160)
     first = m.logits(x)  # answered eagerly; schedules the copy for 160 px
     m.predictor.prepare(x.shape, wait=True)
-    assert m.predictor.ready(160)
+    assert m.predictor.ready(160) and (160, 160) in m.predictor._copies[torch.float32].graphs
     with torch.no_grad():
         eager = m.net(x)
     assert torch.equal(first, eager)

@@ -15,6 +15,13 @@ every call, and every BN, ReLU and residual sum reads and writes the whole activ
 
 Measured against the eager network (``bench/bench_forward.py``, ``bench/bench_peer.py``):
 about the same speed as the compiled graph, outputs within ~1e-6 relative, and no 30-180 s compile.
+
+Once its weights are packed for an input size, the copy's forward is recorded as one TorchScript
+graph (:meth:`FusedXception.trace`). Run op by op from Python, a forward takes the GIL back ~90
+times, once after each op; in a server where 30 students' page scripts hold the GIL in turn, each
+take can wait a switch interval (5 ms) or more, and a 40 ms forward took 0.4-0.8 s. A graph call
+releases the GIL once for the whole forward. The graph runs the same oneDNN calls on the same packed
+weights, so its outputs are the Python forward's, bit for bit (tested).
 The capture and attribution paths keep the eager, hookable network; only predictions and
 embeddings (the pooled features a taught head reads) use this copy.
 
@@ -26,6 +33,7 @@ prediction is never slower than before and a waiting request always gets the cor
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import warnings
@@ -40,11 +48,43 @@ MAX_SIZES = 3  # packed weight sets kept per model and precision (fp32 ~83 MB, b
 
 _mkldnn = torch.ops.mkldnn
 
+# The two oneDNN calls as TorchScript functions: a trace records calls to script functions, while
+# it cannot record the ``Scalar?[]`` argument of the ops called from Python.
+_SCRIPT = """
+def conv(x: Tensor, w: Tensor, b: Optional[Tensor], padding: List[int], stride: List[int], groups: int,
+         act: str) -> Tensor:
+    return torch.ops.mkldnn._convolution_pointwise(x, w, b, padding, stride, [1, 1], groups, act,
+                                                   torch.jit.annotate(List[Optional[number]], [None]), "")
+
+def conv_add(x: Tensor, other: Tensor, w: Tensor, b: Optional[Tensor], padding: List[int], stride: List[int],
+             groups: int) -> Tensor:
+    return torch.ops.mkldnn._convolution_pointwise(x, other, w, b, padding, stride, [1, 1], groups, "add", 1.0,
+                                                   None, torch.jit.annotate(List[Optional[number]], [None]), None)
+"""
+
+
+@functools.cache
+def _ops():
+    return torch.jit.CompilationUnit(_SCRIPT)
+
 
 def supported(device: torch.device) -> bool:
     """Whether this torch build has the oneDNN ops the fused copy calls (CPU builds with mkldnn)."""
     return (device.type == "cpu" and torch.backends.mkldnn.is_available()
-            and hasattr(_mkldnn, "_convolution_pointwise") and hasattr(_mkldnn, "_reorder_convolution_weight"))
+            and hasattr(_mkldnn, "_convolution_pointwise") and hasattr(_mkldnn, "_reorder_convolution_weight")
+            and hasattr(torch.jit, "CompilationUnit"))
+
+
+class _Tracing(threading.local):
+    """How :meth:`FusedXception.trace` sees the packed weights, in the tracing thread only: first
+    the weight each conv reads (``seen``), then the graph inputs that stand for them (``inputs``);
+    oneDNN's packed (opaque) tensors cannot be graph constants."""
+
+    seen: dict | None = None
+    inputs: dict | None = None
+
+
+_tracing = _Tracing()
 
 
 def fold_bn(conv: torch.nn.Conv2d, bn: torch.nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,22 +107,23 @@ class PackedConv:
         self.packed: dict[tuple[int, int], torch.Tensor] = {}  # (H, W) of the input -> packed weight
 
     def _weight(self, x: torch.Tensor) -> torch.Tensor:
+        if _tracing.inputs is not None:
+            return _tracing.inputs[self]
         w = self.packed.get(x.shape[-2:])
         if w is None:  # first call at this size: oneDNN picks the layout for these shapes
             w = self.packed[x.shape[-2:]] = _mkldnn._reorder_convolution_weight(
                 self.weight, self.padding, self.stride, [1, 1], self.groups, list(x.shape))
+        if _tracing.seen is not None:
+            _tracing.seen[self] = w
         return w
 
     def __call__(self, x: torch.Tensor, act: str = "none") -> torch.Tensor:
         """``act(conv(x))``, ``act`` one of oneDNN's post-ops ("none", "relu")."""
-        return _mkldnn._convolution_pointwise(x, self._weight(x), self.bias, self.padding, self.stride,
-                                              [1, 1], self.groups, act, [None], "")
+        return _ops().conv(x, self._weight(x), self.bias, self.padding, self.stride, self.groups, act)
 
     def add(self, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
         """``conv(x) + other`` in one pass (the residual sum as a binary post-op)."""
-        return _mkldnn._convolution_pointwise.binary(x, other, self._weight(x), self.bias, self.padding,
-                                                     self.stride, [1, 1], self.groups, "add", 1.0, None,
-                                                     [None], None)
+        return _ops().conv_add(x, other, self._weight(x), self.bias, self.padding, self.stride, self.groups)
 
 
 def max_pool_same(x: torch.Tensor) -> torch.Tensor:
@@ -119,6 +160,8 @@ class FusedXception:
         tail = net.exit_flow.block14
         self.tail = (self._separable(tail.sepconv1, tail.sepconv1_bn), self._separable(tail.sepconv2, tail.sepconv2_bn))
         self.head = net.head
+        # input (H, W) -> the forward traced at that size, and the packed weights it takes as inputs
+        self.graphs: dict[tuple[int, int], tuple[torch.jit.ScriptFunction, list[torch.Tensor]]] = {}
         if dtype != torch.float32:
             for conv in self.convs():  # folded in float64 first, rounded once
                 conv.weight = conv.weight.to(dtype)
@@ -148,7 +191,44 @@ class FusedXception:
     @torch.no_grad()
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) float32 on the CPU -> ``block14_sepconv2_act`` (N, 2048, h, w), channels_last,
-        in the copy's dtype, as ``Xception.forward_features``."""
+        in the copy's dtype, as ``Xception.forward_features``: the traced graph where :meth:`trace`
+        has recorded one for this size, else op by op."""
+        traced = self.graphs.get(tuple(x.shape[-2:]))
+        if traced is not None:
+            graph, weights = traced
+            return graph(x, *weights)
+        return self._forward_features(x)
+
+    @torch.no_grad()
+    def trace(self, shape: torch.Size | tuple[int, ...]) -> None:
+        """Record the forward at ``shape``'s input size as one graph, which later calls of any batch
+        size run whole (see the module docstring). Packs the weights for that size if needed."""
+        x = torch.zeros(shape)
+        _tracing.seen = {}
+        try:
+            self._forward_features(x)
+            convs, weights = list(_tracing.seen), list(_tracing.seen.values())
+        finally:
+            _tracing.seen = None
+
+        def forward(x: torch.Tensor, *packed: torch.Tensor) -> torch.Tensor:
+            _tracing.inputs = dict(zip(convs, packed))
+            try:
+                return self._forward_features(x)
+            finally:
+                _tracing.inputs = None
+
+        with warnings.catch_warnings():
+            # torch.jit.trace warns that it is deprecated for torch.compile / torch.export, whose CPU
+            # paths need a C++ toolchain and minutes of compiling; and the trace notes that the max-pool
+            # padding reads the input size, which is what a trace per size is for
+            warnings.simplefilter("ignore")
+            graph = torch.jit.trace(forward, (x, *weights), check_trace=False)
+        for _ in range(2):  # TorchScript profiles a graph's first runs: pay for them here, not in a request
+            graph(x, *weights)
+        self.graphs[tuple(shape[-2:])] = (graph, weights)
+
+    def _forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.dtype).contiguous(memory_format=torch.channels_last)
         conv1, conv2 = self.stem
         x = conv2(conv1(x, "relu"), "relu")
@@ -279,6 +359,10 @@ class Predictor:
                     self.enabled = False
                     self._queue.clear()
                 return
+            try:
+                copy.trace(shape)
+            except Exception as exc:  # a torch without torch.jit.trace: the copy runs op by op
+                warnings.warn(f"xviz: the fused forward could not be traced ({exc!r}); it runs op by op")
             with self._state:
                 self._copies[dtype] = copy
                 self._ready.add((dtype, shape[-2:]))
