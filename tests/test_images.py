@@ -282,3 +282,30 @@ def test_over_max_bytes(scene):
     data = jpeg + b"\x00" * (MAX_BYTES + 1 - len(jpeg))  # a real JPEG, padded past the limit
     assert len(data) == MAX_BYTES + 1
     assert "MB" in refused(data)
+
+
+# -- what goes back to the browser as it came ---------------------------------------------------------
+
+def test_a_plain_jpeg_goes_back_as_uploaded(scene):
+    data = encode(scene, "JPEG", quality=90)
+    assert xviz.images.shown_as_uploaded(data, max_side=1024, max_bytes=len(data))
+
+
+@pytest.mark.parametrize("why", ["too wide", "too many bytes", "exif", "icc profile", "cmyk", "png"])
+def test_other_images_are_re_encoded(scene, why):
+    img, kwargs, fmt, max_side = scene, {}, "JPEG", 1024
+    if why == "too wide":
+        max_side = max(scene.size) - 1
+    elif why == "exif":
+        exif = Image.Exif()
+        exif[0x010F] = "PhoneMaker"  # Make: nothing to rotate, still camera data
+        kwargs["exif"] = exif.tobytes()
+    elif why == "icc profile":
+        kwargs["icc_profile"] = b"\0" * 128
+    elif why == "cmyk":
+        img = scene.convert("CMYK")
+    elif why == "png":
+        fmt = "PNG"
+    data = encode(img, fmt, **kwargs)
+    max_bytes = len(data) - 1 if why == "too many bytes" else len(data)
+    assert not xviz.images.shown_as_uploaded(data, max_side=max_side, max_bytes=max_bytes)

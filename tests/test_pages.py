@@ -41,6 +41,35 @@ def test_landing_page_predicts_with_trained_model(app):
     assert [f for c, f in formats.items() if c.startswith("What the model sees")] == ["png"]
 
 
+@pytest.mark.parametrize("kind", ["plain", "exif", "large"])
+def test_the_photo_goes_back_as_uploaded_when_nothing_needs_changing(kind):
+    """A plain JPEG that fits is shown as it came (no encoding per photo); a camera file (EXIF) or a
+    larger photo is re-encoded at most 1024 px a side."""
+    import io
+
+    from PIL import Image
+
+    import xviz
+    from xviz.ui import cache, state
+
+    img = Image.open(EXAMPLES / "cat.jpg")
+    buf = io.BytesIO()
+    if kind == "plain":
+        buf.write((EXAMPLES / "cat.jpg").read_bytes())
+    elif kind == "exif":
+        exif = Image.Exif()
+        exif[0x010F] = "PhoneMaker"
+        img.save(buf, "JPEG", exif=exif.tobytes())
+    else:
+        img.resize((2048, 1362)).save(buf, "JPEG")
+    data = buf.getvalue()
+    sel = state.Selection(None, xviz.load_image(data), cache.sha256(data), "upload: cat.jpg", data)
+    shown = cache.photo_jpeg(sel)
+    assert (shown == data) == (kind == "plain")
+    assert max(Image.open(io.BytesIO(shown)).size) == (1024 if kind == "large" else 451)
+    assert "exif" not in Image.open(io.BytesIO(shown)).info
+
+
 def test_upload_a_real_photo(app):
     at = upload_image(app, "cat.jpg", (EXAMPLES / "cat.jpg").read_bytes())
     assert not at.exception

@@ -76,6 +76,22 @@ def check_size(nbytes: int) -> None:
                          "are accepted. Save a smaller copy of the photo and upload that.")
 
 
+def shown_as_uploaded(data: bytes, max_side: int, max_bytes: int) -> bool:
+    """Whether image file ``data`` can go back to the browser as it came, instead of a re-encoded copy:
+    a JPEG, RGB or grey, at most ``max_side`` pixels a side and ``max_bytes`` long, without EXIF (no
+    rotation the browser might apply differently, and no camera or place data to send back) and
+    without an ICC profile (the browser would colour-manage what the network reads as it is).
+    Reads the header only; ``data`` is a file :func:`load_image` has accepted."""
+    if len(data) > max_bytes or data[:3] != b"\xff\xd8\xff":
+        return False
+    try:
+        with Image.open(io.BytesIO(data), formats=("JPEG",)) as img:
+            return (img.format == "JPEG" and img.mode in ("RGB", "L") and max(img.size) <= max_side
+                    and "exif" not in img.info and "icc_profile" not in img.info)
+    except Exception:  # noqa: BLE001 - any header PIL can't read is simply re-encoded
+        return False
+
+
 def _too_many_pixels(size: tuple[int, int] | None, max_pixels: int) -> ImageError:
     shown = f" ({size[0]}x{size[1]})" if size else ""
     return ImageError(f"This image is too large{shown}: at most {max_pixels / 1e6:.0f} megapixels are "

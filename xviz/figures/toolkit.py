@@ -138,7 +138,10 @@ def jpeg_bytes(picture, quality: int = PHOTO_QUALITY, max_side: int | None = Non
     ``st.image`` passes them through; given an array or a PIL image it would encode a JPEG at
     quality 100 on every rerun (Streamlit's default: ~2.5x the bytes of quality 88).
     """
-    img = Image.fromarray(_uint8(picture)) if isinstance(picture, np.ndarray) else picture.convert("RGB")
+    if isinstance(picture, np.ndarray):
+        img = Image.fromarray(_uint8(picture))
+    else:  # convert() copies even an RGB image: a 12 MP photo is 48 MB
+        img = picture if picture.mode == "RGB" else picture.convert("RGB")
     if max_side and max(img.size) > max_side:
         img = img.copy()
         img.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)

@@ -187,13 +187,24 @@ def top_classes(sel: Selection, k: int) -> list[tuple[int, str, float]]:
     return xviz.loaded.top_k(sel.model.labels, logits(sel), k)
 
 
+PHOTO_SIDE = 1024  # the photo beside the model's input: wider than the page's column
+PHOTO_AS_UPLOADED_BYTES = 512 * 1024  # like our own JPEG of a 1024 px photo: the drawn store keeps it
+
+
 def photo_jpeg(sel: Selection) -> bytes:
-    """The photo as shown beside the model's input: JPEG at most 1024 px wide or high, encoded once
-    per image (``st.image`` of the PIL image would encode it at quality 100 on every rerun)."""
+    """The photo as shown beside the model's input, once per image (``st.image`` of the PIL image
+    would encode it at quality 100 on every rerun): the file itself when it is a JPEG that can go back
+    as it came (xviz.images.shown_as_uploaded: a class's webcam shots and web pictures, which then
+    cost no encoding), else a JPEG at most ``PHOTO_SIDE`` px wide or high."""
     from xviz.figures import toolkit
     from xviz.ui.drawn import drawn
 
-    return drawn(("photo", sel.image_key), lambda: toolkit.jpeg_bytes(sel.image, max_side=1024))
+    def draw() -> bytes:
+        if xviz.images.shown_as_uploaded(sel.data, PHOTO_SIDE, PHOTO_AS_UPLOADED_BYTES):
+            return sel.data
+        return toolkit.jpeg_bytes(sel.image, max_side=PHOTO_SIDE)
+
+    return drawn(("photo", sel.image_key), draw)
 
 
 # The preprocessed input per (preprocessing, photo): every request about a photo starts from it,

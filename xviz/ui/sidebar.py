@@ -17,7 +17,7 @@ from xviz.device import FAST_ENV
 from xviz.images import check_size
 from xviz.ui import cache, state, uploads
 from xviz.ui.presenter import presenter_sidebar
-from xviz.ui.state import (EXAMPLE, FAST_MODE, IMAGE_BYTES, IMAGE_ERROR, IMAGE_NAME, IMAGE_SOURCE, INPUT_SIZE,
+from xviz.ui.state import (EXAMPLE, FAST_MODE, IMAGE_BYTES, IMAGE_ERROR, IMAGE_KEY, IMAGE_NAME, IMAGE_SOURCE, INPUT_SIZE,
                            LABELS_UPLOAD, MODEL_ERROR, MODEL_SOURCE, WEIGHTS_UPLOAD)
 
 # package data (like the label files), so an installed xviz has the photos too, not only a checkout
@@ -54,11 +54,13 @@ def example_images() -> dict[str, Path]:
 def _set_image(data: bytes, name: str) -> bool:
     try:
         check_size(len(data))  # before hashing: a client that skips the browser can send 128 MB
-        cache.decode_image(cache.sha256(data), data)
+        key = cache.sha256(data)
+        cache.decode_image(key, data)
     except xviz.ImageError as exc:
         st.session_state[IMAGE_ERROR] = f"{name}: {exc}"
         return False
     st.session_state[IMAGE_BYTES] = data
+    st.session_state[IMAGE_KEY] = key
     st.session_state[IMAGE_NAME] = name
     st.session_state.pop(IMAGE_ERROR, None)
     return True

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import streamlit as st
 from PIL import Image
@@ -17,6 +17,7 @@ from xviz.ui import cache, legacy_pages, uploads
 
 # session keys, in one place so pages never invent their own spellings
 IMAGE_BYTES = "image_bytes"  # bytes of the current image (survives page switches)
+IMAGE_KEY = "image_key"  # their sha256, taken once when the image is chosen
 IMAGE_NAME = "image_name"  # where it came from, for captions
 IMAGE_ERROR = "image_error"  # message of the last rejected upload, shown once
 MODEL_SOURCE = "model_source"  # a key of sidebar.MODEL_CHOICES
@@ -45,6 +46,7 @@ class Selection:
     image: Image.Image
     image_key: str  # sha256 of the image bytes
     image_name: str
+    data: bytes = field(default=b"", repr=False, compare=False)  # the image file as chosen
 
     @property
     def key(self) -> str:
@@ -176,8 +178,8 @@ def current() -> Selection:
     if data is None:
         st.info("Choose an image in the sidebar to begin.")
         st.stop()
-    key = cache.sha256(data)
-    return Selection(model, cache.decode_image(key, data), key, st.session_state.get(IMAGE_NAME, "image"))
+    key = st.session_state.get(IMAGE_KEY) or cache.sha256(data)
+    return Selection(model, cache.decode_image(key, data), key, st.session_state.get(IMAGE_NAME, "image"), data)
 
 
 def ensure_frame() -> None:
