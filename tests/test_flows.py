@@ -73,6 +73,22 @@ def test_capture_shapes(captures, model, size):
     assert cap.image.shape == (size, size, 3) and cap.image.dtype == np.uint8
 
 
+def test_shapes_never_wait_for_the_models_lock(model):
+    """A page asking for the layer table while the queue's worker holds the model (a capture) gets
+    it at once, and leaves no hook on the shared network."""
+    import threading
+
+    expected = flows.layer_table(model.net, 150)  # a bare network runs itself
+    got = []
+    with model.lock:  # as the worker holds it through a capture
+        asker = threading.Thread(target=lambda: got.append(flows.layer_table(model, 150)))
+        asker.start()
+        asker.join(timeout=60)
+        assert not asker.is_alive(), "layer_table waited for the model's lock"
+    assert got[0] == expected
+    assert not any(m._forward_hooks for m in model.net.modules())
+
+
 @pytest.mark.parametrize("size", [150, 299])
 def test_depthwise_has_one_map_per_input_channel(captures, model, size):
     for sep in flows.separable_convs(model.net):

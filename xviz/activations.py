@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import weakref
 from contextlib import contextmanager, nullcontext
 from typing import Callable, Iterable, Iterator
 
@@ -73,9 +75,44 @@ def io_shapes(model, modules: dict[str, nn.Module], size: int) -> dict[str, tupl
     ``size`` x ``size`` image, in the order the forward visits the modules.
 
     Shared by the parameter ledger and the layer table: one way to ask the network for its shapes
-    at any input size. Hooks are removed in ``finally`` and the pass holds the model's lock.
+    at any input size. Hooks are removed in ``finally``. A shared :class:`xviz.LoadedModel`'s
+    Xception is not run itself: its twin (built once per network, holding the same weight tensors,
+    no copy) takes the hooks and the pass under the twin's own lock, so asking for shapes neither
+    waits for the model's lock (a class's captures hold it back to back: a student opening
+    *Parameters* waited 2.4 s without news) nor meets another request's hooks. A bare network runs
+    itself; its caller owns it.
     """
     net = getattr(model, "net", model)
+    if isinstance(net, Xception) and getattr(model, "lock", None) is not None:
+        twin, lock = _twin(net)
+        with lock:
+            return _hooked_shapes(twin, {key: twin.get_submodule(twin.paths[id(m)]) for key, m in modules.items()},
+                                  size)
+    with locked(model):
+        return _hooked_shapes(net, modules, size)
+
+
+_twins: "weakref.WeakKeyDictionary[Xception, tuple[Xception, threading.Lock]]" = weakref.WeakKeyDictionary()
+_twins_guard = threading.Lock()
+
+
+def _twin(net: Xception) -> tuple[Xception, threading.Lock]:
+    """An eval-mode Xception with ``net``'s structure whose parameters and buffers ARE ``net``'s
+    tensors (built on the meta device, then given them by reference), and the lock its users hold;
+    ``twin.paths`` maps each of ``net``'s modules (by id) to its path. Kept while ``net`` lives. Only
+    for forwards under ``no_grad`` that read the weights (what eval mode's BatchNorm does)."""
+    with _twins_guard:
+        found = _twins.get(net)
+        if found is None:
+            with torch.device("meta"):
+                twin = Xception(net.config)
+            twin.load_state_dict(net.state_dict(), assign=True)
+            twin.eval().paths = {id(m): path for path, m in net.named_modules()}
+            found = _twins[net] = (twin, threading.Lock())
+    return found
+
+
+def _hooked_shapes(net: nn.Module, modules: dict[str, nn.Module], size: int) -> dict[str, tuple[tuple, tuple]]:
     param = next(net.parameters())
     x = torch.zeros(1, 3, size, size, device=param.device, dtype=param.dtype)
     shapes: dict[str, tuple[tuple, tuple]] = {}
@@ -86,13 +123,12 @@ def io_shapes(model, modules: dict[str, nn.Module], size: int) -> dict[str, tupl
             shapes[key] = (tuple(inputs[0].shape[1:]), tuple(output.shape[1:]))
         return hook
 
-    with locked(model):
-        try:
-            for key, module in modules.items():
-                handles.append(module.register_forward_hook(hook_for(key)))
-            with torch.no_grad():
-                net(x)
-        finally:
-            for handle in handles:
-                handle.remove()
+    try:
+        for key, module in modules.items():
+            handles.append(module.register_forward_hook(hook_for(key)))
+        with torch.no_grad():
+            net(x)
+    finally:
+        for handle in handles:
+            handle.remove()
     return shapes
