@@ -19,7 +19,7 @@ about the same speed as the compiled graph, outputs within ~1e-6 relative, and n
 Once its weights are packed for an input size, the copy's forward is recorded as one TorchScript
 graph (:meth:`FusedXception.trace`). Run op by op from Python, a forward takes the GIL back ~90
 times, once after each op; in a server where 30 students' page scripts hold the GIL in turn, each
-take can wait a switch interval (5 ms) or more, and a 40 ms forward took 0.4-0.8 s. A graph call
+take can wait a switch interval (5 ms) or more, and a 40 ms forward took 0.35-0.8 s. A graph call
 releases the GIL once for the whole forward. The graph runs the same oneDNN calls on the same packed
 weights, so its outputs are the Python forward's, bit for bit (tested).
 The capture and attribution paths keep the eager, hookable network; only predictions and

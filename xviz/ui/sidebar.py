@@ -17,8 +17,8 @@ from xviz.device import FAST_ENV
 from xviz.images import check_size
 from xviz.ui import cache, state, uploads
 from xviz.ui.presenter import presenter_sidebar
-from xviz.ui.state import (EXAMPLE, FAST_MODE, IMAGE_BYTES, IMAGE_ERROR, IMAGE_KEY, IMAGE_NAME, IMAGE_SOURCE, INPUT_SIZE,
-                           LABELS_UPLOAD, MODEL_ERROR, MODEL_SOURCE, WEIGHTS_UPLOAD)
+from xviz.ui.state import (EXAMPLE, FAST_MODE, IMAGE_BYTES, IMAGE_ERROR, IMAGE_KEY, IMAGE_NAME, IMAGE_SOURCE,
+                           INPUT_SIZE, LABELS_UPLOAD, MODEL_ERROR, MODEL_SOURCE, WEIGHTS_UPLOAD)
 
 # package data (like the label files), so an installed xviz has the photos too, not only a checkout
 EXAMPLES = Path(__file__).resolve().parents[1] / "data" / "examples"
