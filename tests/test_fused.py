@@ -33,11 +33,15 @@ def model(kitchenware_dir) -> xviz.LoadedModel:
     return xviz.load_model("kitchenware", device="cpu")
 
 
+def copy_and_photos(model, images, size: int):
+    """The model at ``size`` px, a fresh fused copy of it, and two real photos preprocessed for it."""
+    m = model.with_input_size(size)
+    return m, fused.FusedXception(m.net), torch.cat([m.preprocess(xviz.load_image(p.read_bytes())) for p in images[:2]])
+
+
 @pytest.mark.parametrize("size", [150, 299])
 def test_fused_copy_equals_the_eager_network(model, kitchenware_images, size):
-    m = model.with_input_size(size)
-    copy_ = fused.FusedXception(m.net)
-    x = torch.cat([m.preprocess(xviz.load_image(p.read_bytes())) for p in kitchenware_images[:2]])
+    m, copy_, x = copy_and_photos(model, kitchenware_images, size)
     with torch.no_grad():
         eager = m.net(x)
         assert rel_err(copy_(x[:1]), eager[:1]) <= TOLERANCE
@@ -48,9 +52,7 @@ def test_fused_copy_equals_the_eager_network(model, kitchenware_images, size):
 @pytest.mark.parametrize("size", [150, 299])
 def test_the_traced_forward_is_the_op_by_op_forward_bit_for_bit(model, kitchenware_images, size):
     """What predictions run once the copy is ready: one graph per input size, traced at batch 1."""
-    m = model.with_input_size(size)
-    copy_ = fused.FusedXception(m.net)
-    x = torch.cat([m.preprocess(xviz.load_image(p.read_bytes())) for p in kitchenware_images[:2]])
+    _, copy_, x = copy_and_photos(model, kitchenware_images, size)
     with torch.no_grad():
         by_op = copy_.forward_features(x)
         copy_.trace(x[:1].shape)
