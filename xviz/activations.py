@@ -82,14 +82,11 @@ def io_shapes(model, modules: dict[str, nn.Module], size: int) -> dict[str, tupl
     *Parameters* waited 2.4 s without news) nor meets another request's hooks. A bare network runs
     itself; its caller owns it.
     """
-    net = getattr(model, "net", model)
-    if isinstance(net, Xception) and getattr(model, "lock", None) is not None:
-        twin, lock = _twin(net)
-        with lock:
-            return _hooked_shapes(twin, {key: twin.get_submodule(twin.paths[id(m)]) for key, m in modules.items()},
-                                  size)
-    with locked(model):
-        return _hooked_shapes(net, modules, size)
+    if getattr(model, "lock", None) is None:  # a bare network
+        return _hooked_shapes(getattr(model, "net", model), modules, size)
+    twin, lock = _twin(model.net)
+    with lock:
+        return _hooked_shapes(twin, {key: twin.get_submodule(twin.paths[id(m)]) for key, m in modules.items()}, size)
 
 
 _twins: "weakref.WeakKeyDictionary[Xception, tuple[Xception, threading.Lock]]" = weakref.WeakKeyDictionary()
