@@ -15,6 +15,7 @@ import torch
 import xviz
 from xviz import device
 from xviz import fused
+from xviz import inference
 from xviz.model import MaxPool2dSame
 
 pytestmark = pytest.mark.skipif(not fused.supported(torch.device("cpu")),
@@ -45,7 +46,7 @@ def test_fused_copy_equals_the_eager_network(model, kitchenware_images, size):
     with torch.no_grad():
         eager = m.net(x)
         assert rel_err(copy_(x[:1]), eager[:1]) <= TOLERANCE
-        assert rel_err(copy_(x), eager) <= TOLERANCE  # a batch, on weights packed for batch 1
+        assert rel_err(copy_(x), eager) <= TOLERANCE  # a batch: weights packed for two images
     assert copy_.sizes() == {(size, size)}
 
 
@@ -61,6 +62,31 @@ def test_the_traced_forward_is_the_op_by_op_forward_bit_for_bit(model, kitchenwa
         assert torch.equal(copy_.forward_features(x[1:]), by_op[1:])
 
 
+def test_each_batch_size_runs_on_weights_packed_for_it_and_equal_layouts_are_kept_once(model, kitchenware_images):
+    """oneDNN picks a weight's layout for the whole input shape, batch size included (on an AVX2 CPU,
+    26 of the 74 convs at 150 px take another layout for one image than for two)."""
+    _, copy_, x = copy_and_photos(model, kitchenware_images, 150)
+    md = torch.ops.mkldnn._get_mkldnn_serialized_md
+    with torch.no_grad():
+        copy_.trace(x[:1].shape)
+        copy_.pack(x[:1].shape, range(1, 5))
+        convs = copy_.graphs[(150, 150)][1]
+        for n in range(1, 5):
+            weights = copy_.weights_for((n, 3, 150, 150))
+            assert [w is conv.packed[(n, *rest)] for w, (conv, rest) in zip(weights, convs)] == [True] * len(convs)
+        three = torch.cat([x, x[:1]])
+        by_graph = copy_.forward_features(three)  # packed ahead for three
+        assert torch.equal(by_graph, copy_._forward_features(three))
+        assert (5, 3, 150, 150) not in copy_.stem[0].packed
+        copy_.forward_features(torch.cat([three, x]))  # a batch not packed ahead is packed in the call
+        assert (5, 3, 150, 150) in copy_.stem[0].packed
+    for conv in copy_.convs():  # two batch sizes share a tensor exactly when their layouts are equal
+        packs = list(conv.packed.values())
+        for i, a in enumerate(packs):
+            for b in packs[i + 1:]:
+                assert (a is b) == torch.equal(md(a), md(b))
+
+
 @pytest.mark.parametrize("shape", [(74, 74), (147, 147), (10, 9), (9, 10)])
 def test_one_call_max_pool_is_tf_same(shape):
     torch.manual_seed(0)
@@ -74,7 +100,10 @@ def test_predictions_start_eager_and_switch_to_the_copy(model, photo):
     assert not m.predictor.ready(160)
     first = m.logits(x)  # answered eagerly; schedules the copy for 160 px
     m.predictor.prepare(x.shape, wait=True)
-    assert m.predictor.ready(160) and (160, 160) in m.predictor._copies[torch.float32].graphs
+    copy_ = m.predictor._copies[torch.float32]
+    assert m.predictor.ready(160) and (160, 160) in copy_.graphs
+    # every batch the queue may send at this size is packed ahead, not in a student's request
+    assert {s[0] for s in copy_.stem[0].packed} == set(range(1, inference.batch_limit(160) + 1))
     with torch.no_grad():
         eager = m.net(x)
     assert torch.equal(first, eager)

@@ -7,7 +7,8 @@ every call, and every BN, ReLU and residual sum reads and writes the whole activ
 
 - BN folded into the conv before it: ``w' = w * g / sqrt(v + eps)``, ``b' = beta - mean * g / sqrt(v + eps)``
   (computed in float64, so folding moves the logits by ~1e-7 relative);
-- every conv a ``torch.ops.mkldnn._convolution_pointwise`` call on a weight packed once per input size;
+- every conv a ``torch.ops.mkldnn._convolution_pointwise`` call on a weight packed once per input
+  shape (see :meth:`PackedConv.packed_for`);
 - the ReLU that opens the next separable unit applied by the conv as a post-op, and the residual sum
   as a binary post-op (``other + conv(x)`` in one pass);
 - TF 'same' 3x3/2 max-pool as one ``max_pool2d``: on an even size TF pads one -inf row after, which is
@@ -17,7 +18,7 @@ Measured against the eager network (``bench/bench_forward.py``, ``bench/bench_pe
 about the same speed as the compiled graph, outputs within ~1e-6 relative, and no 30-180 s compile.
 
 Once its weights are packed for an input size, the copy's forward is recorded as one TorchScript
-graph (:meth:`FusedXception.trace`). Run op by op from Python, a forward takes the GIL back ~90
+graph (:meth:`FusedXception.trace`), which takes the packed weights for each batch size as inputs. Run op by op from Python, a forward takes the GIL back ~90
 times, once after each op; in a server where 30 students' page scripts hold the GIL in turn, each
 take can wait a switch interval (5 ms) or more, and a 40 ms forward took 0.35-0.8 s. A graph call
 releases the GIL once for the whole forward. The graph runs the same oneDNN calls on the same packed
@@ -42,9 +43,11 @@ import torch
 import torch.nn.functional as F
 
 from .device import fast_precision
+from .inference import batch_limit
 from .model import MIN_INPUT_SIZE, Xception
 
-MAX_SIZES = 3  # packed weight sets kept per model and precision (fp32 ~83 MB, bf16 ~42 MB); others run eagerly
+MAX_SIZES = 3  # input sizes packed per model and precision (fp32 ~83 MB a layout, bf16 ~42 MB; one image and a
+# batch may take two: +53 MB at 150 px on an AVX2 CPU); other sizes run eagerly
 
 _mkldnn = torch.ops.mkldnn
 
@@ -72,15 +75,15 @@ def supported(device: torch.device) -> bool:
     """Whether this torch build has the oneDNN ops the fused copy calls (CPU builds with mkldnn)."""
     return (device.type == "cpu" and torch.backends.mkldnn.is_available()
             and hasattr(_mkldnn, "_convolution_pointwise") and hasattr(_mkldnn, "_reorder_convolution_weight")
-            and hasattr(torch.jit, "CompilationUnit"))
+            and hasattr(_mkldnn, "_get_mkldnn_serialized_md") and hasattr(torch.jit, "CompilationUnit"))
 
 
 class _Tracing(threading.local):
-    """How :meth:`FusedXception.trace` sees the packed weights, in the tracing thread only: first
-    the weight each conv reads (``seen``), then the graph inputs that stand for them (``inputs``);
-    oneDNN's packed (opaque) tensors cannot be graph constants."""
+    """How :meth:`FusedXception.trace` sees the packed weights, in the recording thread only: first
+    each conv and the shape of its input, in call order (``seen``), then the graph inputs that stand
+    for the weights (``inputs``); oneDNN's packed (opaque) tensors cannot be graph constants."""
 
-    seen: dict | None = None
+    seen: list | None = None
     inputs: dict | None = None
 
 
@@ -98,24 +101,41 @@ def fold_bn(conv: torch.nn.Conv2d, bn: torch.nn.BatchNorm2d) -> tuple[torch.Tens
 
 
 class PackedConv:
-    """A conv (+ folded BN) run by oneDNN, its weight reordered once per input size."""
+    """A conv (+ folded BN) run by oneDNN, its weight reordered once per input shape."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, stride: int = 1, padding: int = 0,
                  groups: int = 1):
         self.weight, self.bias = weight.detach().contiguous(), bias
         self.stride, self.padding, self.groups = [stride, stride], [padding, padding], groups
-        self.packed: dict[tuple[int, int], torch.Tensor] = {}  # (H, W) of the input -> packed weight
+        self.packed: dict[tuple[int, ...], torch.Tensor] = {}  # (N, C, H, W) of the input -> packed weight
+
+    def packed_for(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """The weight packed for inputs of ``shape`` (N, C, H, W), packed on first use.
+
+        oneDNN picks the weight's layout for the whole input shape, batch size included, and a conv
+        fed another shape than its weight was packed for runs far slower: on an AVX2 CPU at 150 px,
+        26 of the 74 convs take another layout for one image than for two or more, and a batch of 8
+        on weights packed for one image took 2.8x as long per image as one image alone
+        (bench/bench_queue.py). So each shape gets
+        its own; shapes whose layouts are the same share one tensor, so memory holds each layout once.
+        """
+        w = self.packed.get(shape)
+        if w is None:
+            w = _mkldnn._reorder_convolution_weight(self.weight, self.padding, self.stride, [1, 1], self.groups,
+                                                    list(shape))
+            layout = _mkldnn._get_mkldnn_serialized_md(w)
+            w = next((p for s, p in self.packed.items()
+                      if s[1:] == shape[1:] and torch.equal(_mkldnn._get_mkldnn_serialized_md(p), layout)), w)
+            self.packed[shape] = w
+        return w
 
     def _weight(self, x: torch.Tensor) -> torch.Tensor:
         if _tracing.inputs is not None:
             return _tracing.inputs[self]
-        w = self.packed.get(x.shape[-2:])
-        if w is None:  # first call at this size: oneDNN picks the layout for these shapes
-            w = self.packed[x.shape[-2:]] = _mkldnn._reorder_convolution_weight(
-                self.weight, self.padding, self.stride, [1, 1], self.groups, list(x.shape))
+        shape = tuple(x.shape)
         if _tracing.seen is not None:
-            _tracing.seen[self] = w
-        return w
+            _tracing.seen.append((self, shape))
+        return self.packed_for(shape)
 
     def __call__(self, x: torch.Tensor, act: str = "none") -> torch.Tensor:
         """``act(conv(x))``, ``act`` one of oneDNN's post-ops ("none", "relu")."""
@@ -160,8 +180,9 @@ class FusedXception:
         tail = net.exit_flow.block14
         self.tail = (self._separable(tail.sepconv1, tail.sepconv1_bn), self._separable(tail.sepconv2, tail.sepconv2_bn))
         self.head = net.head
-        # input (H, W) -> the forward traced at that size, and the packed weights it takes as inputs
-        self.graphs: dict[tuple[int, int], tuple[torch.jit.ScriptFunction, list[torch.Tensor]]] = {}
+        # input (H, W) -> the forward traced at that size, and each conv with the (C, H, W) of its input
+        self.graphs: dict[tuple[int, int], tuple[torch.jit.ScriptFunction, list[tuple[PackedConv, tuple]]]] = {}
+        self._inputs: dict[tuple[int, int, int], list[torch.Tensor]] = {}  # (N, H, W) -> the graph's weights
         if dtype != torch.float32:
             for conv in self.convs():  # folded in float64 first, rounded once
                 conv.weight = conv.weight.to(dtype)
@@ -181,7 +202,7 @@ class FusedXception:
 
     def sizes(self) -> set[tuple[int, int]]:
         """Input sizes whose weights are packed."""
-        return set(self.stem[0].packed)
+        return {shape[2:] for shape in self.stem[0].packed}
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -195,24 +216,39 @@ class FusedXception:
         has recorded one for this size, else op by op."""
         traced = self.graphs.get(tuple(x.shape[-2:]))
         if traced is not None:
-            graph, weights = traced
-            return graph(x, *weights)
+            return traced[0](x, *self.weights_for(x.shape))
         return self._forward_features(x)
+
+    def weights_for(self, shape: torch.Size | tuple[int, ...]) -> list[torch.Tensor]:
+        """The packed weights the graph traced at ``shape``'s size takes for a batch of ``shape``
+        (N, 3, H, W), packed now where they are not yet (``pack`` does it ahead)."""
+        key = (shape[0], *shape[-2:])
+        weights = self._inputs.get(key)
+        if weights is None:
+            weights = self._inputs[key] = [conv.packed_for((shape[0], *rest))
+                                           for conv, rest in self.graphs[key[1:]][1]]
+        return weights
+
+    def pack(self, shape: torch.Size | tuple[int, ...], batches: range) -> None:
+        """Pack the weights for batches of ``batches`` images of ``shape``'s size (traced already)."""
+        for n in batches:
+            self.weights_for((n, *shape[1:]))
 
     @torch.no_grad()
     def trace(self, shape: torch.Size | tuple[int, ...]) -> None:
         """Record the forward at ``shape``'s input size as one graph, which later calls of any batch
         size run whole (see the module docstring). Packs the weights for that size if needed."""
         x = torch.zeros(shape)
-        _tracing.seen = {}
+        _tracing.seen = []
         try:
             self._forward_features(x)
-            convs, weights = list(_tracing.seen), list(_tracing.seen.values())
+            convs = [(conv, s[1:]) for conv, s in _tracing.seen]
         finally:
             _tracing.seen = None
+        weights = [conv.packed_for(tuple(x.shape[:1]) + s) for conv, s in convs]
 
         def forward(x: torch.Tensor, *packed: torch.Tensor) -> torch.Tensor:
-            _tracing.inputs = dict(zip(convs, packed))
+            _tracing.inputs = dict(zip((conv for conv, _ in convs), packed))
             try:
                 return self._forward_features(x)
             finally:
@@ -226,7 +262,7 @@ class FusedXception:
             graph = torch.jit.trace(forward, (x, *weights), check_trace=False)
         for _ in range(2):  # TorchScript profiles a graph's first runs: pay for them here, not in a request
             graph(x, *weights)
-        self.graphs[tuple(shape[-2:])] = (graph, weights)
+        self.graphs[tuple(shape[-2:])] = (graph, convs)
 
     def _forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.dtype).contiguous(memory_format=torch.channels_last)
@@ -363,6 +399,9 @@ class Predictor:
                 copy.trace(shape)
             except Exception as exc:  # a torch without torch.jit.trace: the copy runs op by op
                 warnings.warn(f"xviz: the fused forward could not be traced ({exc!r}); it runs op by op")
+            else:  # every batch the inference queue may send at this size, so none packs in a request
+                with torch.no_grad():
+                    copy.pack(shape, range(1, batch_limit(shape[-1]) + 1))
             with self._state:
                 self._copies[dtype] = copy
                 self._ready.add((dtype, shape[-2:]))

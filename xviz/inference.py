@@ -349,9 +349,12 @@ def register(op: Op) -> None:
 def batch_limit(size: int) -> int:
     """How many images of ``size`` px one cheap forward may take.
 
-    Measured on a 2-core CPU (bench/bench_queue.py): at 150 px a batch of 8 costs 31 ms an image
-    against 43 ms alone; at 299 px batching does not help (the convolutions already fill the cores),
-    and a batch only makes its first image wait for the last.
+    Measured on 2-core CPUs (bench/bench_queue.py): at 150 px a batch of 8 costs at most what 8
+    single forwards do (the eager network: 31 ms an image against 43 ms alone, on the VM it was first
+    measured on; the fused copy: about the same per image, on an AVX2 one), and a class's predictions
+    share passes; at
+    299 px batching costs more an image (the convolutions already fill the cores), and a batch only
+    makes its first image wait for the last.
     """
     return 8 if size <= 160 else 1
 
