@@ -48,8 +48,8 @@ from xviz.ui.cache import (architecture, configure_torch, flow_capture, layer_su
 from xviz.ui.drawn import drawn
 from xviz.ui.presenter import colormap, presenter
 from xviz.ui.sidebar import camera_blocked, example_images, sidebar
-from xviz.ui.state import (GOTO_BLOCK, TOUR_REVEALED, Selection, current, ensure_frame, page_header, required_model,
-                           safe_display)
+from xviz.ui.state import (GOTO_BLOCK, PAGES, TOUR_REVEALED, Selection, current, ensure_frame, page_header,
+                           required_model, safe_display)
 from xviz.ui.views.attribution import (attribution_options, pick_attribution_target, view_attribution,
                                        view_attribution_trust)
 from xviz.ui.views.flows import view_channel_grid, view_layer_numbers, view_residual, view_size_strip

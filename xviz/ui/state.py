@@ -36,6 +36,7 @@ TOUR_REVEALED = "tour_revealed"  # slugs of the tour steps whose answer was reve
 RUN_MODEL = "_run_model"  # the model resolved by this run's sidebar, so pages don't resolve it again
 SESSION_LOST = "session_lost"  # this tab had a session on another server: its uploads are gone (deploy/)
 TAUGHT = "taught_model"  # the LoadedModel taught in this session (the sidebar's "taught" choice)
+PAGES = "_pages"  # app.py's st.Page objects, built on the session's first run
 
 
 @dataclass(frozen=True)
