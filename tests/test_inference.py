@@ -110,6 +110,35 @@ def test_a_predictions_forward_serves_grad_cam_for_every_class(queue, kitchenwar
         assert rel_err(heat, A.gradcam(kitchenware, x, target)) <= 1e-5
 
 
+def test_grad_cam_requests_waiting_together_share_one_pass_each_with_its_own_class(queue, kitchenware, inputs,
+                                                                                    gate):
+    """A class's "gradcam_features" requests, each for its own class (or the predicted one), go
+    through the head together, and each map is the one a request alone gets."""
+    from xviz import attributions as A
+
+    features = [queue.submit(kitchenware, "forward", x).result(WAIT).features for x in inputs[:4]]
+    targets = [None, 0, "cup", 5]
+    alone = [A.gradcam_from_features(kitchenware, f, t) for f, t in zip(features, targets)]
+    event, _ = _blocked(queue, kitchenware, inputs[0])
+    batches = queue.served["batches"]
+    tickets = [queue.submit(kitchenware, "gradcam_features", f, target=t) for f, t in zip(features, targets)]
+    event.set()
+    scale = max(heat.abs().max() for heat in alone)  # a class that isn't there can have an all-zero map
+    assert scale > 0
+    for ticket, heat in zip(tickets, alone):
+        assert ticket.result(WAIT).shape == (150, 150)
+        assert (ticket.result() - heat).abs().max() <= 1e-5 * scale
+    assert queue.served["batches"] == batches + 1 and queue.served["largest_batch"] >= 4
+    # a class the model doesn't have fails that request only, not the one it waited with
+    event, _ = _blocked(queue, kitchenware, inputs[0])
+    bad = queue.submit(kitchenware, "gradcam_features", features[0], target=99)
+    good = queue.submit(kitchenware, "gradcam_features", features[1], target=0)
+    event.set()
+    with pytest.raises(ValueError, match="out of range"):
+        bad.result(WAIT)
+    assert (good.result(WAIT) - alone[1]).abs().max() <= 1e-5 * scale
+
+
 def test_captures_waiting_together_share_one_pass(queue, kitchenware, inputs, gate):
     """Heavy requests keep arrival order, but captures right behind each other go through together."""
     event, _ = _blocked(queue, kitchenware, inputs[0])

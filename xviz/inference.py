@@ -236,7 +236,10 @@ class Op:
         heavy: served after every waiting cheap request, one at a time, in arrival order (a batchable
             one together with the same requests right behind it).
         batchable: images with the same (model, input size, params) may share one call.
+            Cheap batchable ops of cost 1.0 are forwards: waiting times are scaled by what they took.
         cost: prior cost in forward passes, for waiting-time estimates before one was measured.
+        per_image: params that may differ between the images of one call: ``fn`` then gets a list
+            of them, one per image (the class of each student's Grad-CAM).
     """
 
     name: str
@@ -244,6 +247,16 @@ class Op:
     heavy: bool
     batchable: bool = False
     cost: Callable[[dict], float] | float = 1.0
+    per_image: tuple[str, ...] = ()
+
+    def shared(self, params: dict):
+        """What requests must have in common to share one call: their params but the per-image ones
+        (hashable; None when a parameter is not a small value)."""
+        return _frozen({k: v for k, v in params.items() if k not in self.per_image})
+
+    def batch_params(self, each: list[dict]) -> dict:
+        """The params of one call for requests with these params (equal but for the per-image ones)."""
+        return {**each[0], **{k: [p.get(k) for p in each] for k in self.per_image}}
 
 
 def _logits(model, x, progress, **_):
@@ -269,6 +282,8 @@ def _forward(model, x, progress, **_):
 def _gradcam_features(model, x, progress, *, target=None, **_):
     from . import attributions
 
+    if isinstance(target, list):  # a batch (Op.per_image): one map per image
+        return attributions.gradcam_from_features_batch(model, x, target)
     return attributions.gradcam_from_features(model, x, target)
 
 
@@ -328,8 +343,9 @@ OPS: dict[str, Op] = {op.name: op for op in (
     Op("logits", _logits, heavy=False, batchable=True, cost=1.0),
     # logits plus the features Grad-CAM at the last layer starts from (~0.2 MB an image at 150 px)
     Op("forward", _forward, heavy=False, batchable=True, cost=1.0),
-    # x is the "forward" op's features, not an image: only the head runs, forward and backward
-    Op("gradcam_features", _gradcam_features, heavy=False, cost=0.02),
+    # x is the "forward" op's features, not an image: only the head runs, forward and backward; a
+    # class's requests share one pass (under a class, one took ~50 ms waiting for 4 ms of work)
+    Op("gradcam_features", _gradcam_features, heavy=False, batchable=True, per_image=("target",), cost=0.02),
     Op("embedding", _embedding, heavy=False, batchable=True, cost=1.0),
     Op("capture", _capture, heavy=True, batchable=True, cost=1.2),
     Op("attribution", _attribution, heavy=True, cost=_attribution_cost),

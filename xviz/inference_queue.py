@@ -43,7 +43,7 @@ class _Job:
     def batch_key(self) -> tuple:
         # precision: a fast-mode (bf16/fp16) view shares the network with the fp32 model, not its answers
         return (self.op.name, id(self.model.net), getattr(self.model, "precision", "fp32"), tuple(self.x.shape[1:]),
-                self.x.dtype, _frozen(self.params))
+                self.x.dtype, self.op.shared(self.params))
 
     @property
     def cost_key(self) -> tuple:
@@ -70,7 +70,7 @@ class _Costs:
         per = seconds / images
         old = self.seconds.get(job.cost_key)
         self.seconds[job.cost_key] = per if old is None else old + self.alpha * (per - old)
-        if not job.op.heavy and job.op.batchable:  # a forward of the image (not the head alone)
+        if not job.op.heavy and job.op.batchable and job.op.cost == 1.0:  # one forward an image (not the head alone)
             fk = (_model_id(job.model), job.size)
             old = self.forward.get(fk)
             self.forward[fk] = per if old is None else old + self.alpha * (per - old)
@@ -171,9 +171,10 @@ class _Worker:
             q._costs_learn(job, time.perf_counter() - t0)
             q._finish(job, value=value)
             return
+        params = first.op.batch_params([j.params for j in batch])
         try:
             with torch.no_grad():
-                out = first.op.fn(first.model, torch.cat([j.x for j in batch]), None, **first.params)
+                out = first.op.fn(first.model, torch.cat([j.x for j in batch]), None, **params)
         except Exception:  # noqa: BLE001 - one bad request must not fail its neighbours: retry one by one
             for job in batch:
                 self._run([job])

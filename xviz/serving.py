@@ -100,7 +100,7 @@ class InferenceService:
                 answers[i] = exc
                 continue
             if I.OPS[req.op].batchable:
-                groups[(req.op, req.model, req.precision, req.x.shape[-1], I._frozen(req.params))].append(i)
+                groups[(req.op, req.model, req.precision, req.x.shape[-1], I.OPS[req.op].shared(req.params))].append(i)
             else:
                 answers[i] = self._one(model, req)
         for (op, *_), idx in groups.items():
@@ -110,7 +110,7 @@ class InferenceService:
             x = x.contiguous(memory_format=memory_format(model.device))
             try:
                 with torch.no_grad():
-                    out = I.OPS[op].fn(model, x, None, **first.params)
+                    out = I.OPS[op].fn(model, x, None, **I.OPS[op].batch_params([requests[i].params for i in idx]))
             except Exception:  # noqa: BLE001 - one bad request must not fail its neighbours
                 for i in idx:
                     answers[i] = self._one(model, requests[i])

@@ -25,7 +25,7 @@ Modules: ``methods`` (Grad-CAM and captum's methods), ``ig`` (Integrated Gradien
 from .ig import (BLUR_SIGMA, IG_BASELINES, IG_FIRST_STEPS, IG_MAX_STEPS, IG_TOLERANCE, IGResult, ig_baseline,
                  integrated_gradients)
 from .methods import (DEFAULT_BATCH, DEFAULT_LAYER, OCCLUSION_BATCH, SMOOTH_NOISE, ProgressFn, as_input,
-                      block_outputs, gradcam, gradcam_from_features, guided_gradcam, occlusion, occlusion_window,
-                      resolve_target, saliency, smoothgrad, spatial_layers)
+                      block_outputs, gradcam, gradcam_from_features, gradcam_from_features_batch, guided_gradcam,
+                      occlusion, occlusion_window, resolve_target, saliency, smoothgrad, spatial_layers)
 from .registry import METHODS, Method, attribute
 from .trust import DeletionCurve, RandomisationCheck, cascade_stages, deletion_curve, randomisation_check, spearman

@@ -216,27 +216,45 @@ def gradcam_from_features(m, features: torch.Tensor, target: int | str | None = 
     Returns:
         (H, W) float32 CPU tensor, as :func:`gradcam`.
     """
-    net = _net(m)
     if features.dim() != 4 or features.shape[0] != 1:
         raise ValueError(f"expected one image's features of shape (1, C, h, w), got {tuple(features.shape)}")
+    return gradcam_from_features_batch(m, features, [target], size)[0]
+
+
+def gradcam_from_features_batch(m, features: torch.Tensor, targets: list[int | str | None],
+                                size: int | tuple[int, int] | None = None) -> list[torch.Tensor]:
+    """:func:`gradcam_from_features` of N images in one pass of the head, each with its own target
+    (the inference queue batches the Grad-CAM requests a class makes at once). The head reads each
+    image alone, so image i's gradient is that of its own target's logit: the maps equal N single calls.
+
+    Args:
+        features: (N, 2048, h, w) float32.
+        targets: N class indices, labels or None (the predicted class of that image).
+
+    Returns:
+        N (H, W) float32 CPU tensors, each owning its memory.
+    """
+    net = _net(m)
+    if features.dim() != 4 or features.shape[0] != len(targets):
+        raise ValueError(f"expected the features of {len(targets)} images, (N, C, h, w), got {tuple(features.shape)}")
     size = getattr(m, "input_size", None) if size is None else size
     if size is None:
         raise ValueError("pass size= (the input's side) with a bare network")
     size = (size, size) if isinstance(size, int) else tuple(size)
-    t = _check_target(m, target)
+    ts = [_check_target(m, t) for t in targets]
     a = features.detach().float().to(next(net.parameters()).device).requires_grad_(True)
     with locked(m), torch.enable_grad():
         logits = net.forward_head(a)
-        if t is None:
-            t = int(logits.argmax(dim=1)[0])
-        (grad,) = torch.autograd.grad(logits[:, t].sum(), a)
-    cam = _cam(a.detach(), grad)
-    return F.interpolate(cam, size=size, mode="bilinear", align_corners=False)[0, 0].float().cpu()
+        predicted = logits.argmax(dim=1).tolist() if None in ts else []
+        index = torch.tensor([predicted[i] if t is None else t for i, t in enumerate(ts)], device=logits.device)
+        (grad,) = torch.autograd.grad(logits.gather(1, index[:, None]).sum(), a)
+    maps = F.interpolate(_cam(a.detach(), grad), size=size, mode="bilinear", align_corners=False)[:, 0]
+    return [heat.float().cpu().clone() for heat in maps] if len(ts) > 1 else [maps[0].float().cpu()]
 
 
 def _cam(a: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    alpha = grad.mean(dim=(2, 3), keepdim=True)  # (1, C, h, w) -> (1, C, 1, 1)
-    return F.relu((alpha * a).sum(dim=1, keepdim=True))  # (1, C, h, w) -> (1, 1, h, w)
+    alpha = grad.mean(dim=(2, 3), keepdim=True)  # (N, C, h, w) -> (N, C, 1, 1): each image its own weights
+    return F.relu((alpha * a).sum(dim=1, keepdim=True))  # (N, C, h, w) -> (N, 1, h, w)
 
 
 # -- captum methods -------------------------------------------------------------------------------
