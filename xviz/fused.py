@@ -18,18 +18,20 @@ Measured against the eager network (``bench/bench_forward.py``, ``bench/bench_pe
 about the same speed as the compiled graph, outputs within ~1e-6 relative, and no 30-180 s compile.
 
 Once its weights are packed for an input size, the copy's forward is recorded as one TorchScript
-graph (:meth:`FusedXception.trace`), which takes the packed weights for each batch size as inputs. Run op by op from Python, a forward takes the GIL back ~90
-times, once after each op; in a server where 30 students' page scripts hold the GIL in turn, each
-take can wait a switch interval (5 ms) or more, and a 40 ms forward took 0.35-0.8 s. A graph call
+graph (:meth:`FusedXception.trace`), which takes the packed weights for each batch size as inputs.
+Run op by op from Python, a forward takes the GIL back ~90 times, once after each op; in a server
+where 30 students' page scripts hold the GIL in turn, each take can wait a switch interval (5 ms)
+or more, and a 40 ms forward took 0.35-0.8 s. A graph call
 releases the GIL once for the whole forward. The graph runs the same oneDNN calls on the same packed
 weights, so its outputs are the Python forward's, bit for bit (tested).
 The capture and attribution paths keep the eager, hookable network; only predictions and
 embeddings (the pooled features a taught head reads) use this copy.
 
 :class:`Predictor` is what ``LoadedModel.logits`` and ``LoadedModel.embedding`` run: the eager
-network until the fused copy is ready for the input size, then the fused copy. The copy is built and its weights packed in a
-background thread at the lowest CPU priority after the first answer at that size, so the first
-prediction is never slower than before and a waiting request always gets the cores first.
+network until the fused copy is ready for the input size, then the fused copy. The copy is built
+and its weights packed in a background thread at the lowest CPU priority after the first answer at
+that size, so the first prediction is never slower than before and a waiting request always gets
+the cores first.
 """
 
 from __future__ import annotations
@@ -116,15 +118,16 @@ class PackedConv:
         fed another shape than its weight was packed for runs far slower: on an AVX2 CPU at 150 px,
         26 of the 74 convs take another layout for one image than for two or more, and a batch of 8
         on weights packed for one image took 2.8x as long per image as one image alone
-        (bench/bench_queue.py). So each shape gets
-        its own; shapes whose layouts are the same share one tensor, so memory holds each layout once.
+        (bench/bench_queue.py). So each shape gets its own; shapes whose layouts are the same share
+        one tensor, so memory holds each layout once.
         """
         w = self.packed.get(shape)
         if w is None:
             w = _mkldnn._reorder_convolution_weight(self.weight, self.padding, self.stride, [1, 1], self.groups,
                                                     list(shape))
             layout = _mkldnn._get_mkldnn_serialized_md(w)
-            w = next((p for s, p in self.packed.items()
+            # a copy of the items: the packing thread may add another size's while a request reads
+            w = next((p for s, p in list(self.packed.items())
                       if s[1:] == shape[1:] and torch.equal(_mkldnn._get_mkldnn_serialized_md(p), layout)), w)
             self.packed[shape] = w
         return w
