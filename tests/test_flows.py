@@ -1,6 +1,8 @@
 """xviz.flows: the one-pass capture plan, shapes, the separable-conv anatomy and the residual sums,
 on the real demo model and a real kitchenware photo."""
 
+import importlib
+import warnings
 from dataclasses import replace
 
 import numpy as np
@@ -120,6 +122,84 @@ def test_capture_runs_exactly_one_forward(model, photo):
     # every view reads the capture alone: no network involved any more
     for name in cap.names:
         cap.channel(name, 0)
+
+
+def _eager(model, x, dtype):
+    """The capture run op by op: any hook on the network keeps it off the recorded graph."""
+    handle = model.net.entry_flow.block1.register_forward_hook(lambda *a: None)
+    try:
+        return flows.capture_views_batch(model, x, dtype=dtype)
+    finally:
+        handle.remove()
+
+
+def _assert_same_bits(got, want):
+    for a, b in zip(got, want, strict=True):
+        assert a.maps.keys() == b.maps.keys()
+        for name in b.maps:
+            assert a.maps[name].stride() == b.maps[name].stride(), name  # the network's layout
+            assert torch.equal(a.maps[name], b.maps[name]), name
+            # each image owns its maps: the store evicts captures one at a time
+            t = a.maps[name]
+            assert t.untyped_storage().nbytes() == t.numel() * t.element_size(), name
+        assert np.array_equal(a.logits, b.logits) and torch.equal(a.features, b.features)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_the_recorded_capture_equals_the_eager_one_bit_for_bit(model, photo, dtype, monkeypatch):
+    """On the CPU the hooked forward runs as one recorded graph per input size: the same ops on the
+    same kernels, so the same bits, at any batch size, and no op-by-op pass once recorded."""
+    module = importlib.import_module("xviz.flows.capture")
+    module._graphs.pop(model.net, None)
+    x1 = model.preprocess(photo)
+    x3 = torch.cat([x1, model.preprocess(photo.rotate(90)), x1.flip(-1)])
+    eager1, eager3 = _eager(model, x1, dtype), _eager(model, x3, dtype)
+    passes = []
+    hooked = module._hooked
+    monkeypatch.setattr(module, "_hooked", lambda *a: passes.append(1) or hooked(*a))
+
+    _assert_same_bits(flows.capture_views_batch(model, x3, dtype=dtype), eager3)  # recorded from x3[:1]
+    assert passes == [1]
+    key = (150, 150, {np.float16: torch.float16, np.float32: torch.float32}[dtype])
+    assert isinstance(module._graphs[model.net][key], torch.jit.ScriptFunction)
+    _assert_same_bits(flows.capture_views_batch(model, x1, dtype=dtype), eager1)
+    _assert_same_bits(flows.capture_views_batch(model, x3, dtype=dtype), eager3)
+    assert passes == [1]  # the graph alone
+
+    module._graphs.pop(model.net, None)  # recorded at batch 1: the recording pass is the answer
+    _assert_same_bits(flows.capture_views_batch(model, x1, dtype=dtype), eager1)
+    assert passes == [1, 1]
+
+
+def test_the_capture_graph_steps_aside(model, photo, monkeypatch):
+    """A hooked network runs eagerly so its hooks fire; a network that cannot be recorded warns once
+    and captures op by op; a bounded number of sizes are kept."""
+    module = importlib.import_module("xviz.flows.capture")
+    module._graphs.pop(model.net, None)
+    x = model.preprocess(photo)
+    _eager(model, x, np.float16)
+    assert module._graphs.get(model.net, {}) == {}
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no tracer here")
+
+    monkeypatch.setattr(torch.jit, "trace", broken)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first, second = flows.capture_views(model, x), flows.capture_views(model, x)
+    said = [str(w.message) for w in caught if "could not be recorded as a graph" in str(w.message)]
+    assert len(said) == 1 and "no tracer here" in said[0]  # remembered, not retried
+    assert module._graphs[model.net][(150, 150, torch.float16)] is None
+    eager = _eager(model, x, np.float16)
+    _assert_same_bits([first], eager)
+    _assert_same_bits([second], eager)
+    monkeypatch.undo()
+
+    sizes = (71, 80, 90, 100)
+    for size in sizes:
+        m = model.with_input_size(size)
+        flows.capture_views(m, m.preprocess(photo))
+    assert list(module._graphs[model.net]) == [(s, s, torch.float16) for s in sizes[-module.MAX_GRAPHS:]]
 
 
 def test_a_batched_capture_equals_single_ones(captures, model, photo):

@@ -49,6 +49,17 @@ def capture(net: Xception, names: Iterable[str], *, detach: bool = True,
             handle.remove()
 
 
+def has_hooks(net: nn.Module) -> bool:
+    """Is any hook attached to ``net`` or to every module (a capture or an attribution is using
+    it, or a user's own hook is)? Then the network must run op by op, in Python, for it to fire."""
+    from torch.nn.modules import module as _module
+    if (_module._global_forward_hooks or _module._global_forward_pre_hooks
+            or _module._global_backward_hooks or _module._global_backward_pre_hooks):
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+               for m in net.modules())
+
+
 def locked(model):
     """The lock that serialises hooked forwards on a shared :class:`xviz.LoadedModel`; a bare
     network has none (its caller owns it)."""

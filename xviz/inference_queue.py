@@ -14,6 +14,7 @@ from typing import Any, Callable, Hashable
 
 import torch
 
+from .activations import has_hooks
 from .inference import (DONE, OPS, QUEUED, RUNNING, Backend, Op, Place, ProgressFn, SessionTickets, Ticket, _digest,
                         _frozen, _model_id, batch_limit)
 
@@ -50,12 +51,6 @@ class _Job:
         p = self.params
         return (self.op.name, _model_id(self.model), self.size, p.get("method"), p.get("steps"),
                 p.get("samples"), p.get("window"))
-
-
-def _has_hooks(net: torch.nn.Module) -> bool:
-    """Is any hook attached to the network (a capture or an attribution is using it)?"""
-    return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
-               for m in net.modules())
 
 
 class _Costs:
@@ -197,7 +192,7 @@ class _Worker:
                 if not job.tickets:
                     raise _Abandoned
                 waiting = bool(self.cheap)
-            if waiting and net is not None and not _has_hooks(net):
+            if waiting and net is not None and not has_hooks(net):
                 self._serve_cheap_now()
         return progress
 

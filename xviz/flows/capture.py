@@ -3,13 +3,16 @@ plus each layer's statistics and channel orders."""
 
 from __future__ import annotations
 
+import threading
+import warnings
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..activations import capture
+from ..activations import capture, has_hooks
 from ..model import Xception
 from .structure import PlanEntry, view_plan
 
@@ -163,17 +166,8 @@ def capture_views_batch(model, x: torch.Tensor, *, dtype=STORE_DTYPE) -> list[Fl
     n = x.shape[0]
     torch_dtype = {np.dtype(np.float16): torch.float16, np.dtype(np.float32): torch.float32}[np.dtype(dtype)]
 
-    # each output is converted inside its hook, while it is still in cache, in the network's memory
-    # layout (channels-last): a (C, H, W) array whose memory runs channel-fastest. Converting after
-    # the forward costs ~0.2x of a forward pass more, and to C order more still (bench/bench_capture.py).
-    # One copy per image, so that each capture owns its memory (the store evicts them one by one).
-    def keep(t: torch.Tensor) -> list[torch.Tensor]:
-        return [t[i].to(torch_dtype, copy=True) for i in range(n)]
-
-    with model.lock, capture(net, names, keep=keep) as store, torch.no_grad():
-        features = net.forward_features(x.to(next(net.parameters()).device))
-        logits = net.forward_head(features)
-    per_layer = {name: store.pop(name) for name in names}
+    with model.lock:
+        features, logits, per_layer = _forward(net, names, x.to(next(net.parameters()).device), torch_dtype)
     device = next(net.parameters()).device
     tf32 = device.type == "cuda" and torch.backends.cudnn.allow_tf32
     bn = _bn_affines({e.name: net.layer(e.name) for e in plan if e.derive == "bn"})
@@ -187,6 +181,93 @@ def capture_views_batch(model, x: torch.Tensor, *, dtype=STORE_DTYPE) -> list[Fl
                         logits[i].copy() if has_logits else np.zeros(0, np.float32),
                         features[i:i + 1].float().clone(), np.dtype(dtype), 2.0 ** -11 if tf32 else 2.0 ** -24)
             for i in range(n)]
+
+
+MAX_GRAPHS = 3  # recorded capture graphs kept per network: input sizes a class uses at once
+
+# network -> {(H, W, dtype): the hooked forward recorded as a TorchScript graph, or None where
+# recording failed (that network then captures op by op at that size)}
+_graphs: "weakref.WeakKeyDictionary[Xception, dict[tuple, torch.jit.ScriptFunction | None]]" = \
+    weakref.WeakKeyDictionary()
+_graphs_guard = threading.Lock()
+
+
+def _forward(net: Xception, names: list[str], x: torch.Tensor, dtype: torch.dtype):
+    """(features, logits, {layer: per-image (C, H, W) maps}) of one hooked forward of ``x``.
+
+    Each output is converted inside its hook, while it is still in cache, in the network's memory
+    layout (channels-last): converting after the forward costs ~0.2x of a forward pass more, and to
+    C order more still (bench/bench_capture.py). On the CPU the hooked forward is recorded once per
+    input size and dtype as one TorchScript graph (``torch.jit.trace``; the same ops on the same
+    kernels, so the same bits): run op by op, a capture takes the GIL back after each of its ~300
+    ops, and while a class's page scripts take turns holding it a capture of 45 ms took seconds. A
+    network with hooks attached (a user's own, or another method's) runs eagerly, so they fire.
+    """
+    key = (*x.shape[-2:], dtype)
+    graph, recorded = None, None
+    if x.device.type == "cpu" and not has_hooks(net):
+        with _graphs_guard:
+            graphs = _graphs.setdefault(net, {})
+            if key not in graphs:
+                graph, recorded = _record(net, names, x[:1], dtype)
+                graphs[key] = graph
+                while len(graphs) > MAX_GRAPHS:  # the oldest size goes first
+                    del graphs[next(iter(graphs))]
+            else:
+                graph = graphs[key]
+    with torch.no_grad():
+        if recorded is not None and x.shape[0] == 1:
+            outputs, recorded = recorded, None  # the recording pass was this image's own capture
+        elif graph is not None:
+            with torch.jit.optimized_execution(False):  # run the graph as recorded, no profiling runs
+                outputs = graph(x)
+        else:
+            outputs = _hooked(net, names, dtype)(x)
+    recorded = None
+    features, logits, *maps = outputs
+    del outputs
+    # one copy per image, so that each capture owns its memory (the store evicts them one by one);
+    # layer by layer, so that at most one layer's batch is held twice
+    per_layer = {}
+    for i, name in enumerate(names):
+        batch, maps[i] = maps[i], None
+        per_layer[name] = [batch[0]] if batch.shape[0] == 1 else [image.clone() for image in batch]
+    return features, logits, per_layer
+
+
+def _hooked(net: Xception, names: list[str], dtype: torch.dtype):
+    """The eager hooked forward: x -> (features, logits, *each layer's (N, C, H, W) maps in ``dtype``)."""
+    def forward(x: torch.Tensor):
+        with capture(net, names, keep=lambda t: t.to(dtype, copy=True)) as store:
+            features = net.forward_features(x)
+            logits = net.forward_head(features)
+        return (features, logits, *(store.pop(name) for name in names))
+    return forward
+
+
+def _record(net: Xception, names: list[str], x: torch.Tensor, dtype: torch.dtype):
+    """(graph of the hooked forward, that recording pass's outputs) from one image ``x``: a trace
+    keeps every intermediate alive until it ends, so a batch would cost its memory many times over.
+    A network that cannot be recorded gets None and a warning, and captures op by op."""
+    recorded = []
+
+    def forward(x: torch.Tensor):
+        outputs = _hooked(net, names, dtype)(x)
+        recorded[:] = outputs
+        return outputs
+
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            # trace warns that it is deprecated for torch.compile / torch.export, whose CPU paths need a
+            # C++ toolchain and minutes of compiling; and that the TF-style padding reads the input
+            # size, which is what a graph per size is for
+            warnings.simplefilter("ignore")
+            graph = torch.jit.trace(forward, (x,), check_trace=False)
+    except Exception as exc:  # noqa: BLE001 - any failure: the eager capture still works
+        warnings.warn(f"xviz: the feature-map capture could not be recorded as a graph ({exc!r}); "
+                      "it runs op by op")
+        return None, None
+    return graph, tuple(recorded)
 
 
 # -- per-layer statistics and channel order -----------------------------------------------------
