@@ -40,9 +40,10 @@ if c2.button("Open its feature maps", width="stretch"):
     st.session_state[ui.GOTO_BLOCK] = choice
     st.switch_page("pages/feature_maps.py")
 
-st.dataframe([{"flow": flows.FLOW_TITLES.get(b.flow, "Classifier head"), "block": b.name, "input": b.input_text,
-               "output": b.output_text, "params": b.params, "residual": b.residual, "what it does": b.description}
-              for b in arch], hide_index=True, width="stretch",
+st.dataframe(ui.drawn_table(("architecture table", model.key), lambda: [
+    {"flow": flows.FLOW_TITLES.get(b.flow, "Classifier head"), "block": b.name, "input": b.input_text,
+     "output": b.output_text, "params": b.params, "residual": b.residual, "what it does": b.description}
+    for b in arch]), hide_index=True, width="stretch",
              column_config={"params": st.column_config.NumberColumn(format="localized")})
 total = count_parameters(model.net)
 head = arch[-1].params

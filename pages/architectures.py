@@ -28,7 +28,9 @@ st.caption(f"Top-1 accuracy is published, not measured here: {zoo.TOP1_SOURCE}. 
 cols = {"network": "network", "input": "input (px)", "params": "parameters", "macs": "multiply-adds", "top1": "top-1",
         "pointwise_share": "MACs in 1×1 pointwise", "depthwise_share": "MACs in depthwise", "ms": "ms per image",
         "ms_per_gmac": "ms per GMAC"}
-st.dataframe(table[[c for c in cols if c in table]].rename(columns=cols), hide_index=True, column_config={
+shown = table[[c for c in cols if c in table]].rename(columns=cols)
+st.dataframe(shown if latency is not None else ui.drawn_table(("across", "table"), lambda: shown),
+             hide_index=True, column_config={
     "parameters": st.column_config.NumberColumn(format="localized"),
     "multiply-adds": st.column_config.NumberColumn(format="localized"),
     "top-1": st.column_config.NumberColumn(format="percent"),
@@ -91,7 +93,7 @@ st.header("Lesson 3: EfficientNet adds squeeze-and-excitation, and scales by one
 st.markdown(ui.drawn(("across", "se lesson"), lambda: across.se_lesson(ledgers["efficientnet_b0"])))
 st.latex(r"d = \alpha^{\phi},\quad w = \beta^{\phi},\quad r = \gamma^{\phi},\qquad"
          r"\text{multiply-adds} \propto d \cdot w^{2} \cdot r^{2},\qquad \alpha\,\beta^{2}\gamma^{2} \approx 2")
-st.dataframe(counts.scaling, hide_index=True, column_config={
+st.dataframe(ui.drawn_table(("across", "scaling"), lambda: counts.scaling), hide_index=True, column_config={
     c: st.column_config.NumberColumn(format="localized") for c in ("params", "macs", "predicted_macs",
                                                                     "predicted_by_blocks")})
 st.caption("Tan & Le 2019, eq. 3 (α = 1.2, β = 1.1, γ = 1.15 for φ = 1); width, depth and resolution of B1–B7 as "
@@ -99,6 +101,7 @@ st.caption("Tan & Le 2019, eq. 3 (α = 1.2, β = 1.1, γ = 1.15 for φ = 1); wid
 
 st.header("Every layer of every network")
 name = st.selectbox("network", list(ledgers), format_func=titles.get)
-st.dataframe(ledgers[name], hide_index=True, height=360, column_config={
+st.dataframe(ui.drawn_table(("across", "ledger", name), lambda: ledgers[name]), hide_index=True, height=360,
+             column_config={
     c: st.column_config.NumberColumn(format="localized") for c in ("params", "macs", "bn_statistics")})
 st.download_button("Download all seven ledgers (CSV)", counts.csv, "xviz-ledgers-7-networks.csv", "text/csv")

@@ -1,6 +1,5 @@
 """Parameters: what depthwise separable convolutions save, from one layer to the whole network."""
 
-import pyarrow as pa
 import streamlit as st
 
 from xviz import accounting as A
@@ -41,7 +40,8 @@ if layer is not None:
     st.latex(A.formulas_latex(k, cin, cout, h, w, stride, padding, groups))
     st.caption("The ratio is eq. 5 of Howard et al. 2017 (MobileNets); exact for weights and MACs of a conv "
                "without bias.")
-    st.dataframe(layer, hide_index=True, column_config={**NUM, "vs_standard": st.column_config.NumberColumn(
+    st.dataframe(ui.drawn_table(("layer vs standard", k, cin, cout, h, w, stride, padding, groups), lambda: layer),
+                 hide_index=True, column_config={**NUM, "vs_standard": st.column_config.NumberColumn(
         "× standard", format="%.4f")})
     spectrum = ui.drawn(("group spectrum", k, cin, cout, h, w, stride, padding, groups), lambda: group_spectrum_plot(
         A.group_spectrum(k, cin, cout, h, w, stride, padding), A.separable_conv(k, cin, cout, h, w, stride, padding),
@@ -65,15 +65,13 @@ right.plotly_chart(ui.drawn(("shares", "kind", model.key),
                             lambda: shares_bar(A.shares(table, "kind"), "share by kind of layer")))
 st.plotly_chart(ui.drawn(("standard vs separable", model.key), lambda: standard_vs_separable_bar(table, twin)))
 st.caption("Every chart has a camera icon in its top-right toolbar (hover over the chart): it downloads a PNG.")
-# the tables as Arrow, made once per model: st.dataframe converts a pandas frame again on every rerun
-shown, shown_twin = ui.drawn(("ledger tables", model.key), lambda: (
-    pa.Table.from_pandas(table[["layer", "kind", "flow", "block", "output_shape", "params", "macs", "bn_statistics"]],
-                         preserve_index=False),
-    pa.Table.from_pandas(twin[["layer", "kind", "flow", "block", "output_shape", "params", "macs"]],
-                         preserve_index=False)))
+shown = ui.drawn_table(("ledger", model.key), lambda: table[
+    ["layer", "kind", "flow", "block", "output_shape", "params", "macs", "bn_statistics"]])
 st.dataframe(shown, hide_index=True, column_config=NUM, height=360)
 with st.expander("The same network with every separable conv replaced by a standard conv"):
-    st.dataframe(shown_twin, hide_index=True, column_config=NUM, height=360)
+    st.dataframe(ui.drawn_table(("ledger twin", model.key), lambda: twin[
+        ["layer", "kind", "flow", "block", "output_shape", "params", "macs"]]), hide_index=True,
+                 column_config=NUM, height=360)
 head = int(table.loc[table["kind"] == "fc", "params"].sum())
 st.markdown(
     f"**Why Keras says {ours.keras_total:,}.** Each BatchNorm layer also keeps a running mean and variance "
@@ -84,8 +82,9 @@ st.markdown(
     f"layer adds {(model.net.num_features + 1) * 1000:,}.")
 
 st.header("What the paper reports")
-st.dataframe([{"model": f.model, "parameters": f.params, "top-1": f.top1, "top-5": f.top5, "source": f.source}
-              for f in A.PAPER_FACTS], hide_index=True, placeholder="—",
+st.dataframe(ui.drawn_table(("paper facts",), lambda: [
+    {"model": f.model, "parameters": f.params, "top-1": f.top1, "top-5": f.top5, "source": f.source}
+    for f in A.PAPER_FACTS]), hide_index=True, placeholder="—",
              column_config={"parameters": st.column_config.NumberColumn(format="localized"),
                             **{c: st.column_config.NumberColumn(format="%.3f") for c in ("top-1", "top-5")}})
 st.caption(f"{A.PAPER}. Xception has slightly fewer parameters than Inception V3 and scores higher: the gain "

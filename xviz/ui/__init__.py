@@ -9,7 +9,7 @@ The modules:
 - ``sidebar``: the shared sidebar (image, model, input size) and the provenance status line.
 - ``cache``: every ``st.cache_*`` (models, predictions, tables, the feature-map capture) and the
   process-wide store of attribution results.
-- ``drawn``: figures and encoded pictures drawn once per content, shared by every session.
+- ``drawn``: figures, encoded pictures and tables drawn once per content, shared by every session.
 - ``presenter``: presenter mode for projectors (colour scales, larger type).
 - ``views/``: what the pages draw, by subject (predict, flows, separable, attribution).
 - ``teach``: the teaching page's samples (session memory only), embeddings and taught model.
@@ -45,7 +45,7 @@ for _cmap in (*_toolkit.COLORMAPS, _toolkit.SIGNED_COLORMAP):
 from xviz.ui.cache import (architecture, configure_torch, flow_capture, layer_summary, layer_table, ledger,
                            predictions, start_background_work, start_prediction, tour_facts, zoo_counts,
                            zoo_latency)
-from xviz.ui.drawn import drawn
+from xviz.ui.drawn import drawn, drawn_table
 from xviz.ui.presenter import colormap, presenter
 from xviz.ui.sidebar import camera_blocked, example_images, sidebar
 from xviz.ui.state import (GOTO_BLOCK, PAGES, TOUR_REVEALED, Selection, current, ensure_frame, page_header,

@@ -338,20 +338,22 @@ def flow_capture(sel: Selection):
         "Running the network once and keeping every map these pages show", finish=keep)
 
 
-@st.cache_data(show_spinner=False, max_entries=8, hash_funcs=BY_KEY)
-def layer_table(model: xviz.LoadedModel):
+# Tuples of frozen dataclasses, shared as they are (cache_resource): cache_data would unpickle ~200
+# rows on each of the several calls a page run makes (2% of the GIL's time in a class)
+@st.cache_resource(show_spinner=False, max_entries=8, hash_funcs=BY_KEY)
+def layer_table(model: xviz.LoadedModel) -> tuple:
     """Shown layers with flow, block, kind and shape at the model's input size (one shape-only forward)."""
     from xviz import flows
 
-    return flows.layer_table(model, model.input_size)
+    return tuple(flows.layer_table(model, model.input_size))
 
 
-@st.cache_data(show_spinner=False, max_entries=8, hash_funcs=BY_KEY)
-def architecture(model: xviz.LoadedModel):
+@st.cache_resource(show_spinner=False, max_entries=8, hash_funcs=BY_KEY)
+def architecture(model: xviz.LoadedModel) -> tuple:
     """Per-block summary (shapes at the model's input size, parameters, residual type)."""
     from xviz import flows
 
-    return flows.architecture(model, model.input_size)
+    return tuple(flows.architecture(model, model.input_size))
 
 
 def layer_summary(sel: Selection, layer: str):

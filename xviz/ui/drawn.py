@@ -11,9 +11,13 @@ figure checks every property all over again. The key names everything the drawin
 from __future__ import annotations
 
 import threading
-from typing import Callable, TypeVar
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 from xviz.ui.waiting import Results
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
 
 T = TypeVar("T")
 
@@ -41,8 +45,37 @@ def drawn(key: tuple, draw: Callable[[], T]) -> T:
     try:
         with lock:
             hit = _drawn.get(key)
-            return hit if hit is not None else _drawn.put(key, draw())
+            return hit if hit is not None else _drawn.put(key, _frozen(draw()))
     finally:
         with _drawing_guard:
             if _drawing.get(key) is lock and not lock.locked():
                 del _drawing[key]
+
+
+def drawn_table(key: tuple, make: Callable[[], "pd.DataFrame | list[dict]"]) -> "pa.Table":
+    """The table ``make()`` returns (a pandas frame or a list of row dicts), as Arrow, made once per
+    ``key``: ``st.dataframe`` converts a frame or a list to Arrow on every rerun (5% of the GIL's time
+    in a class visiting every page), and shows an Arrow table as it is. The index is dropped, as
+    ``hide_index=True`` hides it."""
+    import pandas as pd
+    import pyarrow as pa
+
+    def table() -> pa.Table:
+        rows = make()
+        return (pa.Table.from_pandas(rows, preserve_index=False) if isinstance(rows, pd.DataFrame)
+                else pa.Table.from_pylist(rows))
+
+    return drawn(key, table)
+
+
+def _frozen(value: T) -> T:
+    """A plotly figure whose ``to_dict()`` returns the dict made once: ``st.plotly_chart`` asks every
+    rerun for it (plotly.tools.return_figure_from_figure_or_data), and each call deep-copied the whole
+    figure (5% of the GIL's time in a class visiting every page). Nothing changes a drawn figure."""
+    from plotly.basedatatypes import BaseFigure
+
+    if isinstance(value, BaseFigure):
+        spec = value.to_dict()
+        value.to_dict = lambda: spec  # an instance attribute: plotly allows names the figure has
+    return value
+

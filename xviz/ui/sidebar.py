@@ -231,6 +231,6 @@ def status(model: xviz.LoadedModel, where=st) -> None:
     if model.notes:
         with where.expander("How this model was chosen"):
             for note in model.notes:
-                st.write(note)
+                st.markdown(note)
 
 
