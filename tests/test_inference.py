@@ -12,6 +12,7 @@ import concurrent.futures as cf
 import threading
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -351,3 +352,22 @@ def test_the_process_backend_is_replaceable(kitchenware, inputs):
         assert calls == [(kitchenware.key, "logits", (1, 3, 150, 150), {})]
     finally:
         I.set_backend(old)
+
+
+def test_top_k_is_the_softmax_of_the_logits_most_likely_first(kitchenware, photo):
+    """Predictions are read in numpy (a page run holds the GIL throughout): the same classes and
+    probabilities as torch's softmax and topk, from a tensor or from stored (read-only) logits."""
+    logits = kitchenware.logits(kitchenware.preprocess(photo))[0]
+    probs = logits.softmax(-1)
+    want = probs.topk(4)
+    stored = logits.numpy().copy()
+    stored.flags.writeable = False
+    for given in (logits, stored):
+        got = xviz.loaded.top_k(kitchenware.labels, given, 4)
+        assert [i for i, _, _ in got] == want.indices.tolist()
+        assert [label for _, label, _ in got] == [kitchenware.labels[i] for i in want.indices.tolist()]
+        assert np.allclose([p for _, _, p in got], want.values.tolist(), rtol=1e-6, atol=1e-9)
+    assert len(xviz.loaded.top_k(kitchenware.labels, logits, 100)) == len(kitchenware.labels)
+    tied = xviz.loaded.top_k(["a", "b", "c"], np.zeros(3, np.float32), 3)
+    assert [label for _, label, _ in tied] == ["a", "b", "c"] and all(abs(p - 1 / 3) < 1e-7 for _, _, p in tied)
+    assert xviz.loaded.top_k([], np.zeros(0, np.float32)) == []

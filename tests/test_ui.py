@@ -3,6 +3,7 @@ touches a private Streamlit class (legacy_pages). The pages that use it have the
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 
@@ -40,3 +41,39 @@ def test_navigation_mode_only_holds_for_managers_made_inside_and_is_undone(monke
         PagesManager(str(ROOT / "app.py"))
         assert not legacy_pages.active()
     assert PagesManager.__init__ is init  # (tests/conftest.py keeps its own block open all session)
+
+
+def test_a_drawn_figure_makes_its_plotly_dict_once():
+    """st.plotly_chart asks a figure for its dict on every rerun: a drawn figure answers with the
+    one it made when drawn, equal to plotly's own."""
+    import plotly.graph_objects as go
+
+    drawn = importlib.import_module("xviz.ui.drawn")  # the module: xviz.ui.drawn is also its function
+
+    made = []
+
+    def draw():
+        fig = go.Figure(go.Bar(x=["a", "b"], y=[1, 2]))
+        made.append(fig.to_dict())
+        return fig
+
+    fig = drawn.drawn(("test figure", id(made)), draw)
+    assert drawn.drawn(("test figure", id(made)), draw) is fig and len(made) == 1
+    assert fig.to_dict() is fig.to_dict() and fig.to_dict() == made[0]
+    assert drawn.drawn(("test text", id(made)), lambda: "text") == "text"  # anything else as it is
+
+
+def test_a_drawn_table_is_arrow_without_the_index():
+    import pandas as pd
+    import pyarrow as pa
+
+    drawn = importlib.import_module("xviz.ui.drawn")  # the module: xviz.ui.drawn is also its function
+
+    frame = pd.DataFrame({"layer": ["block1_conv1", "block1_conv2"], "params": [864, 18432]}, index=[7, 9])
+    table = drawn.drawn_table(("test table", id(frame)), lambda: frame)
+    assert isinstance(table, pa.Table) and table.column_names == ["layer", "params"]
+    assert table.to_pydict() == {"layer": ["block1_conv1", "block1_conv2"], "params": [864, 18432]}
+    assert drawn.drawn_table(("test table", id(frame)), lambda: 1 / 0) is table  # made once
+    rows = drawn.drawn_table(("test rows", id(frame)), lambda: [{"model": "Xception", "top-1": 0.79},
+                                                                {"model": "VGG", "top-1": None}])
+    assert rows.to_pylist() == [{"model": "Xception", "top-1": 0.79}, {"model": "VGG", "top-1": None}]

@@ -189,6 +189,8 @@ def top_k(labels: list[str], logits, k: int = 5) -> list[tuple[int, str, float]]
     # turns holding it each of a dozen tiny ops here waited to get it back (2.6% of a class's GIL time)
     z = (logits.detach().float().cpu().numpy() if isinstance(logits, torch.Tensor)
          else np.asarray(logits, dtype=np.float32))
+    if z.size == 0:  # a backbone without a classifier head
+        return []
     e = np.exp(z - z.max())
     probs = e / e.sum()
     top = np.argsort(-probs, kind="stable")[:k].tolist()
