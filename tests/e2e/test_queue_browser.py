@@ -42,6 +42,10 @@ def _input_size(app, size: str) -> None:
     px = size.removesuffix(" px")
     expect(app.sidebar).to_contain_text(f"{px}×{px} px")
     app.page.wait_for_selector(IDLE)
+    # and the page's pictures have arrived before the student moves on: Streamlit lets go of a run's
+    # media once the next run ends, so a picture still loading when the tab switches page is a 404
+    # in the console (seen once in CI, on a busy server), though nobody is looking at it any more
+    app.wait_pictures_drawn()
 
 
 def test_a_waiting_student_sees_their_place_until_served(open_tab):
