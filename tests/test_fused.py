@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import warnings
 
 import pytest
 import torch
@@ -150,6 +151,28 @@ def test_at_most_max_sizes_are_packed(kitchenware_dir):
         m.predictor.prepare((1, 3, size, size))
     m.predictor.prepare((1, 3, 71, 71), wait=True)
     assert [m.predictor.ready(s) for s in sizes] == [True] * fused.MAX_SIZES + [False]
+
+
+def test_packing_never_runs_the_shared_head(kitchenware_dir):
+    """The packing thread holds no model lock: an attribution's hooks may sit on the network meanwhile
+    (Guided Grad-CAM's register gradient hooks on what passes), and a pass through them turned the
+    fused forward off for good. Packing runs the convolutions only."""
+    m = xviz.load_model("kitchenware", device="cpu")
+
+    def hook(module, inputs, output):
+        raise RuntimeError("an attribution's hook met the packing pass")
+
+    handle = m.net.head.register_forward_hook(hook)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            m.predictor.prepare((1, 3, 71, 71), wait=True)
+    finally:
+        handle.remove()
+    assert not [w for w in caught if "fused" in str(w.message)]
+    assert m.predictor.enabled and m.predictor.ready(71)
+    x = torch.randn(1, 3, 71, 71)
+    assert rel_err(m.logits(x), m.net(x)) <= TOLERANCE
 
 
 # -- fast mode ------------------------------------------------------------------------------------

@@ -391,7 +391,11 @@ class Predictor:
             try:
                 with torch.no_grad():
                     copy = self._copies.get(dtype) or FusedXception(self.net, dtype)
-                    copy(torch.zeros(shape))  # packs every weight for this size
+                    # packs every weight for this size. Not the head: it is the network's own module,
+                    # and this thread does not hold the model's lock, so an attribution may have hooks
+                    # on it right now (Guided Grad-CAM's failed on this pass's tensors and turned the
+                    # fused forward off for the rest of the server's life)
+                    copy.forward_features(torch.zeros(shape))
             except Exception as exc:  # a torch build whose oneDNN ops differ: predictions stay eager
                 warnings.warn(f"xviz: the fused CPU forward is unavailable ({exc!r}); predictions run eagerly")
                 with self._state:
