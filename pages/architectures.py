@@ -28,8 +28,13 @@ st.caption(f"Top-1 accuracy is published, not measured here: {zoo.TOP1_SOURCE}. 
 cols = {"network": "network", "input": "input (px)", "params": "parameters", "macs": "multiply-adds", "top1": "top-1",
         "pointwise_share": "MACs in 1×1 pointwise", "depthwise_share": "MACs in depthwise", "ms": "ms per image",
         "ms_per_gmac": "ms per GMAC"}
-shown = table[[c for c in cols if c in table]].rename(columns=cols)
-st.dataframe(shown if latency is not None else ui.drawn_table(("across", "table"), lambda: shown),
+
+
+def shown():  # the shown columns, renamed: rebuilt on every rerun only while this session's timings show
+    return table[[c for c in cols if c in table]].rename(columns=cols)
+
+
+st.dataframe(shown() if latency is not None else ui.drawn_table(("across", "table"), shown),
              hide_index=True, column_config={
     "parameters": st.column_config.NumberColumn(format="localized"),
     "multiply-adds": st.column_config.NumberColumn(format="localized"),

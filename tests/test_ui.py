@@ -60,6 +60,8 @@ def test_a_drawn_figure_makes_its_plotly_dict_once():
     fig = drawn.drawn(("test figure", id(made)), draw)
     assert drawn.drawn(("test figure", id(made)), draw) is fig and len(made) == 1
     assert fig.to_dict() is fig.to_dict() and fig.to_dict() == made[0]
+    pair = drawn.drawn(("test pair", id(made)), lambda: (draw(), "its lesson"))  # as (figure, text)
+    assert pair[0].to_dict() is pair[0].to_dict() and pair[0].to_dict() == made[-1] and pair[1] == "its lesson"
     assert drawn.drawn(("test text", id(made)), lambda: "text") == "text"  # anything else as it is
 
 

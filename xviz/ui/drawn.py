@@ -69,13 +69,15 @@ def drawn_table(key: tuple, make: Callable[[], "pd.DataFrame | list[dict]"]) -> 
 
 
 def _frozen(value: T) -> T:
-    """A plotly figure whose ``to_dict()`` returns the dict made once: ``st.plotly_chart`` asks every
-    rerun for it (plotly.tools.return_figure_from_figure_or_data), and each call deep-copied the whole
-    figure (5% of the GIL's time in a class visiting every page). Nothing changes a drawn figure."""
+    """A plotly figure (alone or in a tuple, as (figure, text)) whose ``to_dict()`` returns the dict
+    made once: ``st.plotly_chart`` asks every rerun for it (plotly.tools.return_figure_from_figure_or_data),
+    and each call deep-copied the whole figure (5% of the GIL's time in a class visiting every page).
+    Nothing changes a drawn figure."""
     from plotly.basedatatypes import BaseFigure
 
-    if isinstance(value, BaseFigure):
-        spec = value.to_dict()
-        value.to_dict = lambda: spec  # an instance attribute: plotly allows names the figure has
+    for item in value if isinstance(value, tuple) else (value,):
+        if isinstance(item, BaseFigure):
+            spec = item.to_dict()
+            item.to_dict = lambda spec=spec: spec  # an instance attribute: plotly allows names the figure has
     return value
 
