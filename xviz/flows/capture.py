@@ -166,9 +166,9 @@ def capture_views_batch(model, x: torch.Tensor, *, dtype=STORE_DTYPE) -> list[Fl
     n = x.shape[0]
     torch_dtype = {np.dtype(np.float16): torch.float16, np.dtype(np.float32): torch.float32}[np.dtype(dtype)]
 
-    with model.lock:
-        features, logits, per_layer = _forward(net, names, x.to(next(net.parameters()).device), torch_dtype)
     device = next(net.parameters()).device
+    with model.lock:
+        features, logits, per_layer = _forward(net, names, x.to(device), torch_dtype)
     tf32 = device.type == "cuda" and torch.backends.cudnn.allow_tf32
     bn = _bn_affines({e.name: net.layer(e.name) for e in plan if e.derive == "bn"})
     pre = getattr(model, "preprocessing", None)
@@ -217,7 +217,7 @@ def _forward(net: Xception, names: list[str], x: torch.Tensor, dtype: torch.dtyp
                 graph = graphs[key]
     with torch.no_grad():
         if recorded is not None and x.shape[0] == 1:
-            outputs, recorded = recorded, None  # the recording pass was this image's own capture
+            outputs = recorded  # the recording pass was this image's own capture
         elif graph is not None:
             with torch.jit.optimized_execution(False):  # run the graph as recorded, no profiling runs
                 outputs = graph(x)
